@@ -1,0 +1,3 @@
+"""paynotify hub: stores Alipay notifications durably and delivers them to subscriber groups."""
+
+__all__: list[str] = []

@@ -1,0 +1,127 @@
+"""The store interface: domain verbs, one module per backend (sqlite.py, postgres.py).
+
+Error tree::
+
+    StoreError                 anything the backend could not do (driver errors are wrapped here)
+    └── StoreUnavailable       the database cannot be reached right now; retrying later may work
+
+Every method that changes state commits durably before it returns: a caller that got an answer may
+tell Alipay so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from paynotify_hub.domain import (
+    ActionStatus,
+    AppendResult,
+    GroupDelivery,
+    GroupSpec,
+    Lease,
+    NewNotification,
+    ReceiptRecord,
+    RetryPolicy,
+)
+
+__all__ = ["Store", "StoreError", "StoreEvent", "StoreUnavailable"]
+
+
+class StoreError(Exception):
+    """The store failed; the message says what, never with payload contents."""
+
+
+class StoreUnavailable(StoreError):
+    """The database is unreachable or restarting."""
+
+
+@dataclass(frozen=True)
+class StoreEvent:
+    """A change another hub made: `groups` have new deliverable work, `notification_id` settled."""
+
+    groups: frozenset[str] = frozenset()
+    notification_id: int | None = None
+
+
+class Store(Protocol):
+    """Durable state of notifications and their per-group deliveries.
+
+    Times are seconds since the epoch (float), passed in by the caller so tests need not sleep.
+    `token` names one lease: actions with the token of an older lease answer STALE.
+    """
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema. Safe when several hubs start at once."""
+
+    async def close(self) -> None: ...
+
+    async def append(
+        self, notification: NewNotification, receipt: ReceiptRecord, groups: Sequence[GroupSpec]
+    ) -> AppendResult:
+        """Store a notification once per identity and record the receipt.
+
+        New identity: one pending delivery per group that wants its notifyType. Known identity: only
+        the receipt is added and the send count grows; deliveries are untouched (an acked group is
+        never redelivered), except that a group declared since gets its pending delivery.
+        """
+
+    async def group_states(self, notification_id: int) -> Mapping[str, GroupDelivery]:
+        """State of each group's delivery of one notification."""
+
+    async def claim(
+        self,
+        group: str,
+        member: str,
+        limit: int,
+        lease_seconds: float,
+        notify_types: frozenset[str],
+        now: float,
+    ) -> list[Lease]:
+        """Lease up to `limit` pending deliveries of `group` due by `now`, oldest first.
+
+        Each lease increments the delivery's attempt and is held by `member` until
+        `now + lease_seconds`. Two members never hold the same delivery at once.
+        """
+
+    async def ack(self, group: str, notification_id: int, token: str, now: float) -> ActionStatus: ...
+
+    async def nack(
+        self,
+        group: str,
+        notification_id: int,
+        token: str,
+        now: float,
+        delay: float | None,
+        policy: RetryPolicy,
+    ) -> ActionStatus:
+        """Make the delivery pending again after `delay` (None: the policy's backoff), or dead when
+        it has had `policy.max_attempts` attempts."""
+
+    async def reject(
+        self, group: str, notification_id: int, token: str, reason: str, now: float
+    ) -> ActionStatus:
+        """Dead-letter the delivery, keeping its payload and the reason."""
+
+    async def extend(
+        self, group: str, notification_id: int, token: str, lease_expires_at: float
+    ) -> ActionStatus: ...
+
+    async def release(self, group: str, member: str, now: float, policy: RetryPolicy) -> int:
+        """A member's stream ended: its leases become pending after the backoff (or dead when out of
+        attempts). Returns how many."""
+
+    async def expire_leases(self, now: float, policy: RetryPolicy) -> frozenset[str]:
+        """Leases past their expiry become pending after the backoff (or dead when out of attempts).
+        Returns the groups that got work back."""
+
+    async def next_due(self, group: str, notify_types: frozenset[str]) -> float | None:
+        """When the earliest pending delivery of `group` becomes due, or None if there is none."""
+
+    async def listen(self, on_event: Callable[[StoreEvent], None]) -> None:
+        """Call `on_event` for changes made by other hubs sharing this store (no-op for one hub).
+
+        Only a wake-up: callers also poll, so a lost event delays but never loses work.
+        """
+
