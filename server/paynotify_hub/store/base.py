@@ -119,6 +119,11 @@ class Store(Protocol):
     async def next_due(self, group: str, notify_types: frozenset[str]) -> float | None:
         """When the earliest pending delivery of `group` becomes due, or None if there is none."""
 
+    async def purge_settled(self, before: float, batch_size: int) -> int:
+        """Delete up to `batch_size` notifications whose every delivery settled (acked or dead)
+        and that were last received before `before`, with their receipts. Returns how many; call
+        again until it returns less than `batch_size`."""
+
     async def listen(self, on_event: Callable[[StoreEvent], None]) -> None:
         """Call `on_event` for changes made by other hubs sharing this store (no-op for one hub).
 
