@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/paynotify/v1/*.proto)
 STUB_DIR := clients/python
 PYTEST_ARGS ?=
+# PostgreSQL tests use this database when it is reachable and skip with the reason when it is not.
+export PAYNOTIFY_TEST_POSTGRES_DSN ?= postgresql://postgres@127.0.0.1:5432/test
 
 .PHONY: all venv run test check lint format typecheck stubs check-stubs bench chaos clean
 
