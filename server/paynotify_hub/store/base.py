@@ -85,7 +85,9 @@ class Store(Protocol):
         `now + lease_seconds`. Two members never hold the same delivery at once.
         """
 
-    async def ack(self, group: str, notification_id: int, token: str, now: float) -> ActionStatus: ...
+    async def ack(
+        self, group: str, notification_id: int, token: str, now: float
+    ) -> ActionStatus: ...
 
     async def nack(
         self,
@@ -120,13 +122,14 @@ class Store(Protocol):
         """When the earliest pending delivery of `group` becomes due, or None if there is none."""
 
     async def purge_settled(self, before: float, batch_size: int) -> int:
-        """Delete up to `batch_size` notifications whose every delivery settled (acked or dead)
-        and that were last received before `before`, with their receipts. Returns how many; call
+        """Delete up to `batch_size` notifications whose every delivery is acked (dead letters are
+        kept for the operator) and that were last received before `before`, with their receipts. Returns how many; call
         again until it returns less than `batch_size`."""
 
     async def listen(self, on_event: Callable[[StoreEvent], None]) -> None:
         """Call `on_event` for changes made by other hubs sharing this store (no-op for one hub).
 
-        Only a wake-up: callers also poll, so a lost event delays but never loses work.
+        Only a wake-up: callers also poll, so a lost event delays but never loses work. A hub's own
+        changes are not reported. Returns once subscribed (or after a bounded wait, retrying in the
+        background); calling it again replaces the callback.
         """
-

@@ -1,0 +1,319 @@
+"""PostgreSQL-only behaviour: several hubs on one schema, cross-hub events, migrations, outages.
+
+The shared semantics are in test_contract.py; here two `PostgresStore`s stand for two hubs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import psycopg
+import pytest
+from paynotify_hub.domain import (
+    ActionStatus,
+    GroupSpec,
+    NewNotification,
+    ReceiptRecord,
+    RetryPolicy,
+    identity_of,
+)
+from paynotify_hub.store import StoreError, StoreEvent, StoreUnavailable
+from paynotify_hub.store.postgres import PostgresStore
+
+from tests.pg import postgres_dsn_or_skip, schema_url
+
+pytestmark = pytest.mark.postgres
+
+GROUPS = [GroupSpec("ledger"), GroupSpec("mailer", required=False)]
+ENV_RESTART = "PAYNOTIFY_TEST_PG_RESTART"
+T0 = 1_700_000_000.0
+
+
+def notification(n: int) -> NewNotification:
+    payment_id = f"pay-{n:05d}"
+    return NewNotification(
+        identity=identity_of("PAYMENT_RESULT", payment_id, "", "SUCCESS"),
+        notify_type="PAYMENT_RESULT",
+        payment_request_id=f"req-{n:05d}",
+        payment_id=payment_id,
+        result_status="SUCCESS",
+        payload=b"\x00payload\xff" + str(n).encode(),
+    )
+
+
+def receipt(at: float = T0) -> ReceiptRecord:
+    return ReceiptRecord(received_at=at, client_id="client", request_time="t", request_id="r")
+
+
+@pytest.fixture
+def dsn() -> str:
+    return postgres_dsn_or_skip()
+
+
+def _fresh_schema(dsn: str) -> Iterator[str]:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield schema
+    finally:
+        if not os.environ.get("PAYNOTIFY_TEST_KEEP_SCHEMAS"):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def schema(dsn: str) -> Iterator[str]:
+    yield from _fresh_schema(dsn)
+
+
+@pytest.fixture
+def other_schema(dsn: str) -> Iterator[str]:
+    yield from _fresh_schema(dsn)
+
+
+@pytest.fixture
+async def hubs(dsn: str, schema: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two stores on one schema: two hubs."""
+    a = PostgresStore(schema_url(dsn, schema), max_size=6)
+    b = PostgresStore(schema_url(dsn, schema), max_size=6)
+    await a.open()
+    await b.open()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def wait_for(predicate: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_concurrent_append_of_one_identity_creates_it_once(
+    hubs: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = hubs
+    for n in range(20):
+        results = await asyncio.gather(
+            *(hub.append(notification(n), receipt(), GROUPS) for hub in (a, b, a, b))
+        )
+        assert sum(r.created for r in results) == 1
+        assert len({r.notification_id for r in results}) == 1
+        assert sorted(r.send_count for r in results) == [1, 2, 3, 4]
+        assert all(set(r.groups) == {"ledger", "mailer"} for r in results)
+
+
+async def test_concurrent_claims_by_two_hubs_never_share_a_delivery(
+    hubs: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = hubs
+    for n in range(200):
+        await a.append(notification(n), receipt(), GROUPS)
+
+    async def claimer(store: PostgresStore, member: str) -> list[int]:
+        got: list[int] = []
+        while leases := await store.claim("ledger", member, 7, 30.0, frozenset(), T0 + 1):
+            got.extend(lease.notification_id for lease in leases)
+        return got
+
+    claims = [claimer(hub, f"{name}-{i}") for name, hub in (("a", a), ("b", b)) for i in range(4)]
+    batches = await asyncio.gather(*claims)
+    every = [nid for batch in batches for nid in batch]
+    assert len(every) == 200
+    assert len(set(every)) == 200
+    assert sum(1 for batch in batches if batch) > 1  # the claimers did compete
+
+
+async def test_listener_hears_appends_and_acks_of_the_other_hub_only(
+    hubs: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = hubs
+    heard_by_a: list[StoreEvent] = []
+    heard_by_b: list[StoreEvent] = []
+    await a.listen(heard_by_a.append)
+    await b.listen(heard_by_b.append)
+
+    appended = await a.append(notification(1), receipt(), GROUPS)
+    assert await wait_for(
+        lambda: StoreEvent(groups=frozenset({"ledger", "mailer"})) in heard_by_b, 5
+    )
+
+    (lease,) = await a.claim("ledger", "m", 1, 30.0, frozenset(), T0 + 1)
+    await a.ack("ledger", lease.notification_id, lease.token, T0 + 2)
+    settled = StoreEvent(notification_id=appended.notification_id)
+    assert await wait_for(lambda: settled in heard_by_b, 5)
+    assert heard_by_a == []  # a hub's own changes are not news to it
+
+
+async def test_events_do_not_cross_schemas(
+    dsn: str, schema: str, other_schema: str, hubs: tuple[PostgresStore, PostgresStore]
+) -> None:
+    a, _ = hubs
+    elsewhere = PostgresStore(schema_url(dsn, other_schema))
+    await elsewhere.open()
+    try:
+        heard: list[StoreEvent] = []
+        await elsewhere.listen(heard.append)
+        await a.append(notification(1), receipt(), GROUPS)
+        await asyncio.sleep(0.5)
+        assert heard == []
+    finally:
+        await elsewhere.close()
+
+
+def dead_letter(url: str, nid: int, group: str) -> tuple[bytes, str]:
+    """Payload and reason of a dead letter, read beside the store: no Protocol verb reads them."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT n.payload, d.dead_reason FROM notifications n JOIN deliveries d"
+            " ON d.notification_id = n.id"
+            " WHERE n.id = %s AND d.group_name = %s AND d.state = 'dead'",
+            (nid, group),
+        ).fetchone()
+    assert row is not None
+    return bytes(row[0]), str(row[1])
+
+
+async def test_dead_letters_keep_payload_and_reason(
+    dsn: str, schema: str, hubs: tuple[PostgresStore, PostgresStore]
+) -> None:
+    a, b = hubs
+    policy = RetryPolicy(min_backoff=1.0, max_backoff=4.0, max_attempts=2)
+    rejected = (await a.append(notification(1), receipt(), GROUPS)).notification_id
+    (lease,) = await a.claim("ledger", "m", 1, 30.0, frozenset(), T0)
+    assert await b.reject("ledger", rejected, lease.token, "no such order", T0) is ActionStatus.OK
+    worn_out = (await a.append(notification(2), receipt(), GROUPS)).notification_id
+    for attempt in range(policy.max_attempts):
+        now = T0 + 10 * attempt
+        (lease,) = await b.claim("ledger", "m", 1, 30.0, frozenset(), now)
+        assert lease.notification_id == worn_out
+        assert await a.nack("ledger", worn_out, lease.token, now, 0.0, policy) is ActionStatus.OK
+    url = schema_url(dsn, schema)
+    assert dead_letter(url, rejected, "ledger") == (notification(1).payload, "no such order")
+    assert dead_letter(url, worn_out, "ledger") == (
+        notification(2).payload,
+        "max attempts reached (2)",
+    )
+
+
+async def test_hubs_opening_at_once_migrate_once(dsn: str, schema: str) -> None:
+    stores = [PostgresStore(schema_url(dsn, schema)) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+    with psycopg.connect(schema_url(dsn, schema)) as conn:
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    assert rows == [(1,)]
+
+
+async def test_reopening_a_migrated_schema_keeps_the_data(dsn: str, schema: str) -> None:
+    first = PostgresStore(schema_url(dsn, schema))
+    await first.open()
+    appended = await first.append(notification(1), receipt(), GROUPS)
+    await first.close()
+    await first.close()  # idempotent
+    second = PostgresStore(schema_url(dsn, schema))
+    await second.open()
+    try:
+        assert set(await second.group_states(appended.notification_id)) == {"ledger", "mailer"}
+    finally:
+        await second.close()
+
+
+async def test_dead_database_fails_fast_without_the_password() -> None:
+    store = PostgresStore("postgresql://postgres:s3cret@127.0.0.1:1/test", timeout=2.0)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.open()
+    assert time.monotonic() - started < 6
+    assert "s3cret" not in str(caught.value)
+    await store.close()
+
+
+async def test_a_missing_schema_is_a_store_error(dsn: str) -> None:
+    store = PostgresStore(schema_url(dsn, f"missing_{uuid.uuid4().hex[:8]}"))
+    with pytest.raises(StoreError, match="schema"):
+        await store.open()
+
+
+async def test_driver_errors_are_wrapped(dsn: str, schema: str) -> None:
+    store = PostgresStore(schema_url(dsn, schema))
+    await store.open()
+    try:
+        with psycopg.connect(schema_url(dsn, schema), autocommit=True) as conn:
+            conn.execute("DROP TABLE deliveries")
+        with pytest.raises(StoreError, match="next_due") as caught:
+            await store.next_due("ledger", frozenset())
+        assert not isinstance(caught.value, StoreUnavailable)
+    finally:
+        await store.close()
+
+
+async def test_calls_before_open_and_after_close_are_store_errors(dsn: str, schema: str) -> None:
+    store = PostgresStore(schema_url(dsn, schema))
+    with pytest.raises(StoreError, match="not open"):
+        await store.next_due("ledger", frozenset())
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreError, match="not open"):
+        await store.group_states(1)
+
+
+async def _restart_postgres() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    proc = await asyncio.create_subprocess_exec(
+        "pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"
+    )
+    assert await proc.wait() == 0
+
+
+async def _calls_until_done(store: PostgresStore, task: asyncio.Task[None]) -> list[str]:
+    """Call the store over and over while `task` runs: each call succeeds or is unavailable."""
+    outcomes: list[str] = []
+    while not task.done():
+        try:
+            await store.next_due("ledger", frozenset())
+            outcomes.append("ok")
+        except StoreUnavailable:
+            outcomes.append("unavailable")
+        await asyncio.sleep(0.05)
+    return outcomes
+
+
+@pytest.mark.timeout(90)
+async def test_pool_and_listener_recover_after_a_restart(
+    hubs: tuple[PostgresStore, PostgresStore],
+) -> None:
+    if os.environ.get(ENV_RESTART) != "1":
+        pytest.skip(f"restarts the PostgreSQL server: set {ENV_RESTART}=1 to run it")
+    a, b = hubs
+    heard: list[StoreEvent] = []
+    await b.listen(heard.append)
+
+    restart = asyncio.create_task(_restart_postgres())
+    outcomes = await _calls_until_done(a, restart)
+    await restart
+    assert outcomes  # each call during the outage either succeeded or raised StoreUnavailable
+
+    first = await a.append(notification(1), receipt(), GROUPS)  # the pool recovered at once
+    assert first.created
+    assert await b.next_due("ledger", frozenset()) == T0
+
+    n = 2
+    deadline = time.monotonic() + 45
+    while not heard and time.monotonic() < deadline:  # the listener reconnects with backoff
+        await a.append(notification(n), receipt(), GROUPS)
+        n += 1
+        await asyncio.sleep(0.5)
+    assert heard, "the listener did not reconnect after the restart"
