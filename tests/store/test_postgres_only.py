@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import psycopg
 import pytest
+
 from paynotify_hub.domain import (
     ActionStatus,
     GroupSpec,
@@ -23,7 +24,6 @@ from paynotify_hub.domain import (
 )
 from paynotify_hub.store import StoreError, StoreEvent, StoreUnavailable
 from paynotify_hub.store.postgres import PostgresStore
-
 from tests.pg import postgres_dsn_or_skip, schema_url
 
 pytestmark = pytest.mark.postgres

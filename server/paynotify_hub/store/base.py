@@ -116,15 +116,17 @@ class Store(Protocol):
 
     async def expire_leases(self, now: float, policy: RetryPolicy) -> frozenset[str]:
         """Leases past their expiry become pending after the backoff (or dead when out of attempts).
-        Returns the groups that got work back."""
+        Returns the groups where at least one delivery became pending again (not those whose
+        leases only went dead)."""
 
     async def next_due(self, group: str, notify_types: frozenset[str]) -> float | None:
         """When the earliest pending delivery of `group` becomes due, or None if there is none."""
 
     async def purge_settled(self, before: float, batch_size: int) -> int:
         """Delete up to `batch_size` notifications whose every delivery is acked (dead letters are
-        kept for the operator) and that were last received before `before`, with their receipts. Returns how many; call
-        again until it returns less than `batch_size`."""
+        kept for the operator until replayed or acked; a notification with no delivery counts as
+        acked) and that were last received before `before`, with their receipts and deliveries.
+        Returns how many; call again until it returns less than `batch_size`."""
 
     async def listen(self, on_event: Callable[[StoreEvent], None]) -> None:
         """Call `on_event` for changes made by other hubs sharing this store (no-op for one hub).

@@ -1,0 +1,607 @@
+"""Embedded SQLite backend of the store: one file, one hub.
+
+The sqlite3 module blocks, so the one connection lives on one dedicated worker thread and every
+verb is awaited through `SQLiteStore._run`. Each verb is one transaction (BEGIN IMMEDIATE ...
+COMMIT, rolled back on error); because everything funnels through that single thread and function,
+verbs can later be coalesced into fewer commits without changing any caller.
+
+Durability: WAL journal with synchronous=FULL, so an answered verb survives kill -9 and power loss.
+Every sqlite3 error is wrapped into `StoreError` (`StoreUnavailable` while the file stays locked),
+naming the operation and never payload contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from paynotify_hub.domain import (
+    ActionStatus,
+    AppendResult,
+    DeliveryState,
+    GroupDelivery,
+    GroupSpec,
+    Lease,
+    NewNotification,
+    ReceiptRecord,
+    RetryPolicy,
+)
+from paynotify_hub.store.base import StoreError, StoreEvent, StoreUnavailable
+
+__all__ = ["SQLiteStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+BUSY_TIMEOUT_MS = 5000
+WAL_SWITCH_RETRY_SECONDS = 0.01
+# Locked or busy past the timeout: another process holds the file, retrying later may work.
+_RETRYABLE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+# Each migration is a list of statements run in one transaction that also bumps PRAGMA user_version.
+# Append new migrations; never edit one that has shipped.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE notifications (
+            id                 INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused after a purge
+            identity           TEXT    NOT NULL UNIQUE,
+            notify_type        TEXT    NOT NULL,
+            payment_request_id TEXT    NOT NULL,
+            payment_id         TEXT    NOT NULL,
+            result_status      TEXT    NOT NULL,
+            payload            BLOB    NOT NULL,
+            first_received_at  REAL    NOT NULL,
+            last_received_at   REAL    NOT NULL,
+            send_count         INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX notifications_payment_id ON notifications (payment_id)",
+        "CREATE INDEX notifications_payment_request_id ON notifications (payment_request_id)",
+        "CREATE INDEX notifications_last_received_at ON notifications (last_received_at)",
+        """
+        CREATE TABLE receipts (
+            notification_id INTEGER NOT NULL REFERENCES notifications (id),
+            received_at     REAL    NOT NULL,
+            client_id       TEXT    NOT NULL,
+            request_time    TEXT    NOT NULL,
+            request_id      TEXT    NOT NULL
+        )
+        """,
+        "CREATE INDEX receipts_notification_id ON receipts (notification_id)",
+        """
+        CREATE TABLE deliveries (
+            notification_id  INTEGER NOT NULL REFERENCES notifications (id),
+            group_name       TEXT    NOT NULL,
+            notify_type      TEXT    NOT NULL,
+            state            TEXT    NOT NULL
+                             CHECK (state IN ('pending', 'leased', 'acked', 'dead')),
+            attempts         INTEGER NOT NULL,
+            available_at     REAL    NOT NULL,
+            lease_token      TEXT,
+            lease_member     TEXT,  -- kept after the lease ends: who held it last
+            lease_expires_at REAL,
+            acked_at         REAL,
+            dead_reason      TEXT,
+            updated_at       REAL    NOT NULL,
+            PRIMARY KEY (group_name, notification_id)
+        )
+        """,
+        "CREATE INDEX deliveries_notification_id ON deliveries (notification_id)",
+        # Partial indexes stay as small as the live work, however many acked rows pile up:
+        # claim walks pending rows in id order, next_due seeks the earliest available_at.
+        """
+        CREATE INDEX deliveries_claim ON deliveries (group_name, notification_id, available_at)
+        WHERE state = 'pending'
+        """,
+        """
+        CREATE INDEX deliveries_due ON deliveries (group_name, available_at)
+        WHERE state = 'pending'
+        """,
+        "CREATE INDEX deliveries_leased ON deliveries (lease_expires_at) WHERE state = 'leased'",
+        """
+        CREATE INDEX deliveries_leased_member ON deliveries (group_name, lease_member)
+        WHERE state = 'leased'
+        """,
+    ),
+)
+
+_SELECT_NOTIFICATION = """
+    SELECT id, send_count, first_received_at FROM notifications WHERE identity = ?
+"""
+_INSERT_NOTIFICATION = """
+    INSERT INTO notifications (identity, notify_type, payment_request_id, payment_id, result_status,
+                               payload, first_received_at, last_received_at, send_count)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)
+"""
+_COUNT_RESEND = """
+    UPDATE notifications
+    SET send_count = send_count + 1, last_received_at = max(last_received_at, ?)
+    WHERE id = ?
+"""
+_INSERT_RECEIPT = """
+    INSERT INTO receipts (notification_id, received_at, client_id, request_time, request_id)
+    VALUES (?, ?, ?, ?, ?)
+"""
+_INSERT_DELIVERY = """
+    INSERT INTO deliveries (notification_id, group_name, notify_type, state, attempts, available_at,
+                            updated_at)
+    VALUES (?, ?, ?, 'pending', 0, ?, ?)
+    ON CONFLICT (group_name, notification_id) DO NOTHING
+"""
+_GROUP_STATES = """
+    SELECT group_name, state, attempts FROM deliveries WHERE notification_id = ? ORDER BY group_name
+"""
+# :types is a JSON array of notifyType texts; '[]' means every type. The unary + keeps the planner
+# off deliveries_due: walking deliveries_claim in id order stops at LIMIT instead of sorting every
+# due row of a backlog.
+_SELECT_CLAIMABLE = """
+    SELECT d.notification_id, d.attempts, n.payload, n.notify_type, n.send_count,
+           n.first_received_at
+    FROM deliveries AS d JOIN notifications AS n ON n.id = d.notification_id
+    WHERE d.group_name = :group AND d.state = 'pending' AND +d.available_at <= :now
+      AND (:types = '[]' OR d.notify_type IN (SELECT value FROM json_each(:types)))
+    ORDER BY d.notification_id
+    LIMIT :limit
+"""
+_LEASE = """
+    UPDATE deliveries
+    SET state = 'leased', attempts = attempts + 1, lease_token = ?, lease_member = ?,
+        lease_expires_at = ?, updated_at = ?
+    WHERE group_name = ? AND notification_id = ?
+"""
+_SELECT_DELIVERY = """
+    SELECT state, lease_token, attempts FROM deliveries WHERE group_name = ? AND notification_id = ?
+"""
+_ACK = """
+    UPDATE deliveries
+    SET state = 'acked', acked_at = ?, updated_at = ?, lease_token = NULL, lease_expires_at = NULL
+    WHERE group_name = ? AND notification_id = ?
+"""
+_BURY = """
+    UPDATE deliveries
+    SET state = 'dead', dead_reason = ?, updated_at = ?, lease_token = NULL, lease_expires_at = NULL
+    WHERE group_name = ? AND notification_id = ?
+"""
+_REQUEUE = """
+    UPDATE deliveries
+    SET state = 'pending', available_at = ?, updated_at = ?, lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE group_name = ? AND notification_id = ?
+"""
+_EXTEND = """
+    UPDATE deliveries SET lease_expires_at = ? WHERE group_name = ? AND notification_id = ?
+"""
+_SELECT_MEMBER_LEASES = """
+    SELECT group_name, notification_id, attempts FROM deliveries
+    WHERE group_name = ? AND state = 'leased' AND lease_member = ?
+"""
+_SELECT_EXPIRED_LEASES = """
+    SELECT group_name, notification_id, attempts FROM deliveries
+    WHERE state = 'leased' AND lease_expires_at <= ?
+"""
+_NEXT_DUE = """
+    SELECT min(available_at) FROM deliveries
+    WHERE group_name = :group AND state = 'pending'
+      AND (:types = '[]' OR notify_type IN (SELECT value FROM json_each(:types)))
+"""
+# Dead letters are kept for the operator: only notifications every group acked are purged.
+_SELECT_PURGEABLE = """
+    SELECT n.id FROM notifications AS n
+    WHERE n.last_received_at < ?
+      AND NOT EXISTS (SELECT 1 FROM deliveries AS d
+                      WHERE d.notification_id = n.id AND d.state <> 'acked')
+    ORDER BY n.last_received_at
+    LIMIT ?
+"""
+_DELETE_RECEIPTS = "DELETE FROM receipts WHERE notification_id = ?"
+_DELETE_DELIVERIES = "DELETE FROM deliveries WHERE notification_id = ?"
+_DELETE_NOTIFICATION = "DELETE FROM notifications WHERE id = ?"
+_REPORTED_PRAGMAS = ("journal_mode", "synchronous", "busy_timeout", "foreign_keys", "user_version")
+
+
+def _new_token() -> str:
+    return secrets.token_hex(8)
+
+
+class SQLiteStore:
+    """The `Store` on one SQLite file, for a single hub.
+
+    `token_factory` makes lease tokens; tests may inject a predictable one.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, token_factory: Callable[[], str] = _new_token
+    ) -> None:
+        self.path = Path(path)
+        self._new_token = token_factory
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        """Create the folder and file if missing, set durability pragmas, migrate the schema."""
+        if self._executor is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paynotify-sqlite")
+        try:
+            loop = asyncio.get_running_loop()
+            self._conn = await loop.run_in_executor(executor, _connect, self.path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    async def close(self) -> None:
+        """Close the connection after work already queued; safe to call twice."""
+        executor, conn = self._executor, self._conn
+        self._executor, self._conn = None, None
+        if executor is None or conn is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, _close, conn)
+        finally:
+            executor.shutdown(wait=False)
+
+    async def append(
+        self, notification: NewNotification, receipt: ReceiptRecord, groups: Sequence[GroupSpec]
+    ) -> AppendResult:
+        return await self._run("append", lambda c: _append(c, notification, receipt, groups))
+
+    async def group_states(self, notification_id: int) -> Mapping[str, GroupDelivery]:
+        return await self._run(
+            "group_states", lambda c: _group_states(c, notification_id), write=False
+        )
+
+    async def claim(
+        self,
+        group: str,
+        member: str,
+        limit: int,
+        lease_seconds: float,
+        notify_types: frozenset[str],
+        now: float,
+    ) -> list[Lease]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
+            return []
+        query = {"group": group, "now": now, "types": _types_json(notify_types), "limit": limit}
+        expires = now + lease_seconds
+        return await self._run(
+            "claim", lambda c: _claim(c, query, member, expires, now, self._new_token)
+        )
+
+    async def ack(self, group: str, notification_id: int, token: str, now: float) -> ActionStatus:
+        def body(conn: sqlite3.Connection, _attempts: int) -> None:
+            conn.execute(_ACK, (now, now, group, notification_id))
+
+        return await self._act("ack", group, notification_id, token, body)
+
+    async def nack(
+        self,
+        group: str,
+        notification_id: int,
+        token: str,
+        now: float,
+        delay: float | None,
+        policy: RetryPolicy,
+    ) -> ActionStatus:
+        def body(conn: sqlite3.Connection, attempts: int) -> None:
+            _requeue_or_bury(conn, group, notification_id, attempts, now, policy, delay)
+
+        return await self._act("nack", group, notification_id, token, body)
+
+    async def reject(
+        self, group: str, notification_id: int, token: str, reason: str, now: float
+    ) -> ActionStatus:
+        def body(conn: sqlite3.Connection, _attempts: int) -> None:
+            conn.execute(_BURY, (reason, now, group, notification_id))
+
+        return await self._act("reject", group, notification_id, token, body)
+
+    async def extend(
+        self, group: str, notification_id: int, token: str, lease_expires_at: float
+    ) -> ActionStatus:
+        def body(conn: sqlite3.Connection, _attempts: int) -> None:
+            conn.execute(_EXTEND, (lease_expires_at, group, notification_id))
+
+        return await self._act("extend", group, notification_id, token, body)
+
+    async def release(self, group: str, member: str, now: float, policy: RetryPolicy) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(_SELECT_MEMBER_LEASES, (group, member)).fetchall()
+            _requeue_all(conn, rows, now, policy)
+            return len(rows)
+
+        return await self._run("release", body)
+
+    async def expire_leases(self, now: float, policy: RetryPolicy) -> frozenset[str]:
+        def body(conn: sqlite3.Connection) -> frozenset[str]:
+            rows = conn.execute(_SELECT_EXPIRED_LEASES, (now,)).fetchall()
+            return frozenset(_requeue_all(conn, rows, now, policy))
+
+        return await self._run("expire_leases", body)
+
+    async def next_due(self, group: str, notify_types: frozenset[str]) -> float | None:
+        query = {"group": group, "types": _types_json(notify_types)}
+
+        def body(conn: sqlite3.Connection) -> float | None:
+            (due,) = conn.execute(_NEXT_DUE, query).fetchone()
+            return None if due is None else float(due)
+
+        return await self._run("next_due", body, write=False)
+
+    async def purge_settled(self, before: float, batch_size: int) -> int:
+        """Purge notifications every group acked; dead letters stay until an operator acts."""
+        if batch_size <= 0:
+            return 0
+        return await self._run("purge_settled", lambda c: _purge(c, before, batch_size))
+
+    async def listen(self, on_event: Callable[[StoreEvent], None]) -> None:
+        """Nothing to do: a SQLite file has one hub, so no other hub makes changes."""
+
+    async def pragmas(self) -> dict[str, str | int]:
+        """The connection's journal, durability and schema settings, for status and tests."""
+        return await self._run("pragmas", _read_pragmas, write=False)
+
+    async def _act(
+        self,
+        op: str,
+        group: str,
+        notification_id: int,
+        token: str,
+        act: Callable[[sqlite3.Connection, int], None],
+    ) -> ActionStatus:
+        """Run `act` (given the attempts so far) only if `token` names the live lease."""
+
+        def body(conn: sqlite3.Connection) -> ActionStatus:
+            row = conn.execute(_SELECT_DELIVERY, (group, notification_id)).fetchone()
+            if row is None:
+                return ActionStatus.UNKNOWN
+            state, lease_token, attempts = row
+            if state != DeliveryState.LEASED or lease_token != token:
+                return ActionStatus.STALE
+            act(conn, int(attempts))
+            return ActionStatus.OK
+
+        return await self._run(op, body)
+
+    async def _run(
+        self, op: str, body: Callable[[sqlite3.Connection], T], *, write: bool = True
+    ) -> T:
+        executor, conn = self._executor, self._conn
+        if executor is None or conn is None:
+            raise StoreError(f"sqlite store: {op} failed: the store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, _transaction, conn, op, body, write)
+
+
+# Everything below runs on the worker thread.
+
+
+def _transaction(
+    conn: sqlite3.Connection, op: str, body: Callable[[sqlite3.Connection], T], write: bool
+) -> T:
+    """One transaction; IMMEDIATE takes the write lock first, so a writer never fails to upgrade."""
+    try:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        result = body(conn)
+        conn.execute("COMMIT")
+        return result
+    except BaseException as exc:
+        _rollback(conn)
+        if isinstance(exc, sqlite3.Error):
+            raise _wrap(op, exc) from exc
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        logger.warning("sqlite store: rollback failed", exc_info=True)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF  # primary code of an extended one
+    return code in _RETRYABLE_CODES
+
+
+def _wrap(op: str, exc: sqlite3.Error) -> StoreError:
+    kind = StoreUnavailable if _is_busy(exc) else StoreError
+    return kind(f"sqlite store: {op} failed: {type(exc).__name__}: {exc}")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"sqlite store: open failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        _configure(conn)
+        _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    logger.info("sqlite store opened", extra={"path": str(path)})
+    return conn
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = _enable_wal(conn)
+        # FULL syncs the WAL on every commit: the only level that survives a power cut in WAL mode.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise _wrap("open", exc) from exc
+    if str(mode).lower() != "wal":
+        raise StoreError(f"sqlite store: open failed: journal_mode is {mode!r}, WAL is required")
+
+
+def _enable_wal(conn: sqlite3.Connection) -> str:
+    """Switching journal mode skips the busy handler, so a hub opening beside another retries."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            return str(mode)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_SWITCH_RETRY_SECONDS)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    for version, statements in enumerate(_MIGRATIONS, start=1):
+        migrate = functools.partial(_apply_migration, version=version, statements=statements)
+        _transaction(conn, "migrate", migrate, True)
+
+
+def _apply_migration(conn: sqlite3.Connection, version: int, statements: Sequence[str]) -> None:
+    """Re-read the version under the write lock: another process may have just migrated."""
+    (current,) = conn.execute("PRAGMA user_version").fetchone()
+    if current > len(_MIGRATIONS):
+        raise StoreError(
+            f"sqlite store: open failed: schema version {current} is newer than this program's "
+            f"{len(_MIGRATIONS)}"
+        )
+    if current >= version:
+        return
+    for statement in statements:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+    logger.info("sqlite store schema migrated", extra={"schema_version": version})
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error as exc:
+        raise _wrap("close", exc) from exc
+
+
+def _types_json(notify_types: frozenset[str]) -> str:
+    return json.dumps(sorted(notify_types))
+
+
+def _append(
+    conn: sqlite3.Connection,
+    notification: NewNotification,
+    receipt: ReceiptRecord,
+    groups: Sequence[GroupSpec],
+) -> AppendResult:
+    at = receipt.received_at
+    row = conn.execute(_SELECT_NOTIFICATION, (notification.identity,)).fetchone()
+    if row is None:
+        nid, send_count, first = _insert_notification(conn, notification, at), 1, at
+    else:
+        nid, send_count, first = int(row[0]), int(row[1]) + 1, float(row[2])
+        conn.execute(_COUNT_RESEND, (at, nid))
+    receipt_row = (nid, at, receipt.client_id, receipt.request_time, receipt.request_id)
+    conn.execute(_INSERT_RECEIPT, receipt_row)
+    # A known identity only gains rows for groups declared since; existing ones are untouched.
+    wanted = [g.name for g in groups if g.wants(notification.notify_type)]
+    conn.executemany(
+        _INSERT_DELIVERY, [(nid, name, notification.notify_type, at, at) for name in wanted]
+    )
+    return AppendResult(nid, row is None, send_count, first, _group_states(conn, nid))
+
+
+def _insert_notification(conn: sqlite3.Connection, n: NewNotification, at: float) -> int:
+    values = (n.identity, n.notify_type, n.payment_request_id, n.payment_id, n.result_status)
+    cursor = conn.execute(_INSERT_NOTIFICATION, (*values, n.payload, at, at))
+    if cursor.lastrowid is None:
+        raise sqlite3.InterfaceError("no row id after inserting a notification")
+    return cursor.lastrowid
+
+
+def _group_states(conn: sqlite3.Connection, notification_id: int) -> dict[str, GroupDelivery]:
+    rows = conn.execute(_GROUP_STATES, (notification_id,)).fetchall()
+    return {str(g): GroupDelivery(DeliveryState(state), int(n)) for g, state, n in rows}
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    query: Mapping[str, object],
+    member: str,
+    expires: float,
+    now: float,
+    new_token: Callable[[], str],
+) -> list[Lease]:
+    group = str(query["group"])
+    rows = conn.execute(_SELECT_CLAIMABLE, query).fetchall()
+    leases = [_lease_of(group, row, new_token(), expires) for row in rows]
+    conn.executemany(
+        _LEASE, [(x.token, member, expires, now, group, x.notification_id) for x in leases]
+    )
+    return leases
+
+
+def _lease_of(group: str, row: Row, token: str, expires: float) -> Lease:
+    nid, attempts, payload, notify_type, send_count, first_received_at = row
+    return Lease(
+        notification_id=int(nid),
+        group=group,
+        token=token,
+        attempt=int(attempts) + 1,
+        lease_expires_at=expires,
+        payload=bytes(payload),
+        notify_type=str(notify_type),
+        send_count=int(send_count),
+        first_received_at=float(first_received_at),
+    )
+
+
+def _requeue_all(
+    conn: sqlite3.Connection, rows: Sequence[Row], now: float, policy: RetryPolicy
+) -> list[str]:
+    """Requeue (or bury) leased (group, id, attempts) rows; returns the groups of requeued ones."""
+    requeued = []
+    for group, nid, attempts in rows:
+        state = _requeue_or_bury(conn, group, nid, int(attempts), now, policy, None)
+        if state is DeliveryState.PENDING:
+            requeued.append(str(group))
+    return requeued
+
+
+def _requeue_or_bury(
+    conn: sqlite3.Connection,
+    group: str,
+    notification_id: int,
+    attempts: int,
+    now: float,
+    policy: RetryPolicy,
+    delay: float | None,
+) -> DeliveryState:
+    if attempts >= policy.max_attempts:
+        reason = f"max attempts reached ({attempts})"
+        conn.execute(_BURY, (reason, now, group, notification_id))
+        return DeliveryState.DEAD
+    wait = policy.backoff(attempts) if delay is None else delay
+    conn.execute(_REQUEUE, (now + wait, now, group, notification_id))
+    return DeliveryState.PENDING
+
+
+def _purge(conn: sqlite3.Connection, before: float, batch_size: int) -> int:
+    ids = [(nid,) for (nid,) in conn.execute(_SELECT_PURGEABLE, (before, batch_size)).fetchall()]
+    for statement in (_DELETE_RECEIPTS, _DELETE_DELIVERIES, _DELETE_NOTIFICATION):
+        conn.executemany(statement, ids)
+    return len(ids)
+
+
+def _read_pragmas(conn: sqlite3.Connection) -> dict[str, str | int]:
+    return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in _REPORTED_PRAGMAS}
