@@ -1,9 +1,9 @@
 """`paynotify run`: hub and bridge together on the embedded SQLite store, for a first look.
 
-It creates a data folder with a development key pair (playing Alipay's key), starts `paynotify hub`
-with one required group and `paynotify bridge` pointing at it, as two child processes, prints what a
-newcomer types next, and stops both on Ctrl-C / SIGTERM. Not a production supervisor: run the hub and
-the bridge as their own services there (docs/deployment.md).
+It creates a data folder with a development key pair (playing Alipay's key), starts
+`paynotify hub` with one required group and `paynotify bridge` pointing at it as two child
+processes, prints what a newcomer types next, and stops both on Ctrl-C / SIGTERM. Not a production
+supervisor: run the hub and the bridge as their own services there (docs/deployment.md).
 """
 
 from __future__ import annotations
