@@ -6,9 +6,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2
+
 from paynotify.v1 import hub_pb2
 
-__all__ = ["Ack", "Action", "ActionSink", "Extend", "Nack", "Reject", "build_request"]
+__all__ = [
+    "Ack",
+    "Action",
+    "ActionSink",
+    "Extend",
+    "Nack",
+    "Reject",
+    "action_count",
+    "build_request",
+]
 
 
 @dataclass(frozen=True)
@@ -69,9 +79,36 @@ def _add(request: hub_pb2.SubscribeRequest, action: Action) -> None:
             extension.extension.CopyFrom(_duration(action.seconds))
 
 
+def _moot_extensions(actions: list[Action]) -> set[int]:
+    """Positions of extensions that a later action in the batch makes pointless: the hub handles
+    settlements before extensions, so an extension sent with its delivery's settlement would only
+    be answered STALE, and of several extensions of one delivery the last one counts.
+    """
+    later: set[str] = set()
+    moot: set[int] = set()
+    for index in range(len(actions) - 1, -1, -1):
+        action = actions[index]
+        if isinstance(action, Extend) and action.delivery_id in later:
+            moot.add(index)
+        later.add(action.delivery_id)
+    return moot
+
+
 def build_request(actions: Iterable[Action]) -> hub_pb2.SubscribeRequest:
-    """One SubscribeRequest carrying every action, in order within each kind."""
+    """One SubscribeRequest carrying the actions, in order within each kind, without the
+    extensions a later action of the same delivery in the batch supersedes.
+    """
+    batch = list(actions)
+    moot = _moot_extensions(batch)
     request = hub_pb2.SubscribeRequest()
-    for action in actions:
-        _add(request, action)
+    for index, action in enumerate(batch):
+        if index not in moot:
+            _add(request, action)
     return request
+
+
+def action_count(request: hub_pb2.SubscribeRequest) -> int:
+    """How many actions the request carries (the hub answers each with one ActionResult)."""
+    return (
+        len(request.ack_ids) + len(request.nacks) + len(request.rejects) + len(request.extensions)
+    )

@@ -7,8 +7,8 @@ import threading
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
-from paynotify.v1 import hub_pb2, notification_pb2
 
+from paynotify.v1 import hub_pb2, notification_pb2
 from paynotify_client.actions import Ack, Action, ActionSink, Extend, Nack, Reject
 
 __all__ = ["Message"]
@@ -108,7 +108,10 @@ class Message:
         self._settle(Reject(self.delivery_id, reason))
 
     def extend(self, seconds: float | None = None) -> None:
-        """Still working: the lease now ends `seconds` from now (None: the stream's ack deadline)."""
+        """Still working: the lease now ends `seconds` from now (None: the stream's ack deadline).
+
+        Does not settle the message; call it again before the new deadline if need be.
+        """
         if seconds is not None and seconds <= 0:
             raise ValueError("extend needs a positive number of seconds")
         with self._lock:
