@@ -1,7 +1,7 @@
 """Dispatch `paynotify <command>` to the module that owns it.
 
-Each command module offers `add_arguments(parser)` and `run(args) -> int`. Every flag can also be set
-in the environment as PAYNOTIFY_<FLAG> (dashes as underscores, e.g. PAYNOTIFY_PUBLISH_TIMEOUT); a
+Each command module offers `add_arguments(parser)` and `run(args) -> int`. Every flag can also be
+set in the environment as PAYNOTIFY_<FLAG> (dashes as underscores, e.g. PAYNOTIFY_PUBLISH_TIMEOUT); a
 repeatable flag takes a comma-separated list there. A flag on the command line wins.
 """
 
@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("paynotify_cli.run", "hub and bridge together on a local SQLite store, for a first look"),
     "tail": ("paynotify_client.tail", "subscribe to a group, print each notification as JSON, ack it"),
     "send-test": ("paynotify_bridge.simulator", "act as Alipay: sign a sample, POST it, follow retries"),
+    "status": ("paynotify_cli.admin_status", "per group: pending, in flight, dead, oldest age"),
+    "show": ("paynotify_cli.admin_show", "one notification: receipts, deliveries, attempts"),
+    "dead-letters": ("paynotify_cli.admin_dead_letters", "list dead letters and why they died"),
+    "replay": ("paynotify_cli.admin_replay", "deliver a dead letter, or a group since then, again"),
 }
 
 
@@ -44,10 +48,28 @@ def _load(module_name: str) -> CommandModule | None:
         raise
 
 
+class _ReplacingAppend(argparse._AppendAction):
+    """A repeatable flag whose command-line values replace its default (from the environment or
+    the code) instead of adding to it: a flag on the command line wins."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is self.default:
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _apply_env_defaults(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if not action.option_strings or action.dest in ("help",):
             continue
+        if type(action) is argparse._AppendAction:
+            action.__class__ = _ReplacingAppend
         long = max(action.option_strings, key=len)
         env_name = ENV_PREFIX + long.lstrip("-").replace("-", "_").upper()
         raw = os.environ.get(env_name)

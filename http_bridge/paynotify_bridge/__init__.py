@@ -1,3 +1,3 @@
-"""paynotify HTTP bridge: receives Alipay's signed notifications and answers SUCCESS only after the acks."""
+"""paynotify HTTP bridge: receives Alipay's signed notifications, answers SUCCESS after the acks."""
 
 __all__: list[str] = []

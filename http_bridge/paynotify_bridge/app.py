@@ -1,0 +1,346 @@
+"""The bridge's Falcon app: a thin transport around verify -> parse -> publish.
+
+`create_app(config, verifier, publisher)` builds it; nothing is created at import time.
+
+Routes:
+    POST <config.path>   Alipay's notification; SUCCESS only when the hub says acknowledged
+    GET  /healthz        the process is alive
+    GET  /readyz         a hub answers (503 otherwise)
+    GET  /metrics        Prometheus text
+
+The signed path is the request path *as it arrived*, taken from the raw request target
+(waitress's REQUEST_URI) with its percent-encoding untouched and without the query string, as
+Alipay's SDKs verify it (Java: `HttpServletRequest.getRequestURI()`). A proxy in front of the bridge
+must not rewrite it.
+
+Every failure is a `BridgeError` raised by the pure code or the publisher and mapped to a reply in
+one place (`_ErrorReplies`, with `replies.py`); an unexpected exception becomes 503/U so Alipay
+retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
+from urllib.parse import quote
+
+import falcon
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import CollectorRegistry
+
+from paynotify.v1 import hub_pb2, notification_pb2
+from paynotify_bridge.config import BridgeConfig
+from paynotify_bridge.errors import (
+    BodyTooLarge,
+    BridgeError,
+    MalformedBody,
+    SignatureRejected,
+    UnsupportedMediaType,
+)
+from paynotify_bridge.masking import safe_summary
+from paynotify_bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from paynotify_bridge.metrics import BridgeMetrics
+from paynotify_bridge.parse import parse_notification
+from paynotify_bridge.publisher import PublishResult
+from paynotify_bridge.replies import (
+    SUCCESS_BODY,
+    UNEXPECTED_BODY,
+    UNEXPECTED_STATUS,
+    error_body,
+    outcome_of,
+)
+from paynotify_bridge.signature import VerifiedRequest
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "Clock",
+    "IdGenerator",
+    "NotificationPublisher",
+    "RequestVerifier",
+    "UnverifiedRequests",
+    "check_content_type",
+    "create_app",
+    "new_request_id",
+    "read_body",
+    "signed_path",
+]
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+JSON_TYPE: Final = "application/json"
+RESERVED_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+# An id a load balancer hands us is kept when it is this tame; otherwise we make our own.
+_ACCEPTABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+Clock = Callable[[], float]
+IdGenerator = Callable[[], str]
+
+
+class RequestVerifier(Protocol):
+    """`signature.Verifier`, or `UnverifiedRequests` for local development."""
+
+    def verify(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> VerifiedRequest: ...
+
+
+class NotificationPublisher(Protocol):
+    """`publisher.HubPublisher`'s surface the app uses."""
+
+    def publish(
+        self, notification: notification_pb2.PaymentNotification, receipt: hub_pb2.Receipt
+    ) -> PublishResult: ...
+
+    def ready(self) -> bool: ...
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UnverifiedRequests:
+    """Accepts every request unsigned (`--insecure-skip-signature-check`): local development."""
+
+    def verify(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> VerifiedRequest:
+        logger.warning(
+            "SIGNATURE NOT VERIFIED (--insecure-skip-signature-check): never in production"
+        )
+        lower = {name.lower(): value for name, value in headers.items()}
+        return VerifiedRequest(lower.get("client-id", ""), lower.get("request-time", ""), None)
+
+
+def signed_path(env: Mapping[str, Any]) -> str:
+    """The path Alipay signed: the raw request target's path, percent-encoding as sent, no query."""
+    raw = env.get("REQUEST_URI") or env.get("RAW_URI")
+    if raw:
+        path = str(raw)
+        if path[:8].lower().startswith(("http://", "https://")):  # absolute-form request target
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
+        path = path.split("?", 1)[0].split("#", 1)[0]
+    else:  # a WSGI server without the raw target: re-quote the decoded path
+        path = quote(str(env.get("SCRIPT_NAME", "")) + str(env.get("PATH_INFO", "")), safe="/;=,")
+    # WSGI strings are bytes as latin-1; Alipay's path is UTF-8 text (a bad byte cannot verify).
+    return path.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def create_app(
+    config: BridgeConfig,
+    verifier: RequestVerifier,
+    publisher: NotificationPublisher,
+    *,
+    clock: Clock = time.time,
+    request_ids: IdGenerator = new_request_id,
+    registry: CollectorRegistry | None = None,
+) -> falcon.App[falcon.Request, falcon.Response]:
+    """The WSGI app; `registry` defaults to a fresh one (so apps never share counters)."""
+    if config.path in RESERVED_PATHS:
+        raise ValueError(f"--path {config.path} collides with the bridge's own {config.path}")
+    metrics = BridgeMetrics(registry if registry is not None else CollectorRegistry())
+    app = falcon.App(middleware=[_RequestIdMiddleware(request_ids)])
+    notify = _NotifyResource(config, verifier, publisher, metrics, clock)
+    app.add_route(config.path, notify)
+    app.add_route("/healthz", _HealthResource())
+    app.add_route("/readyz", _ReadyResource(publisher))
+    app.add_route("/metrics", _MetricsResource(metrics))
+    replies = _ErrorReplies(metrics)
+    app.add_error_handler(BridgeError, replies.bridge_error)
+    # Falcon's own HTTPError handler stays in place (404, 405): Falcon picks the most specific one.
+    app.add_error_handler(Exception, replies.unexpected)
+    return app
+
+
+class _RequestIdMiddleware:
+    def __init__(self, request_ids: IdGenerator) -> None:
+        self._request_ids = request_ids
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        given = req.get_header(REQUEST_ID_HEADER) or ""
+        acceptable = _ACCEPTABLE_REQUEST_ID.fullmatch(given)
+        req.context.request_id = given if acceptable else self._request_ids()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        request_id = getattr(req.context, "request_id", None)
+        if request_id:
+            resp.set_header(REQUEST_ID_HEADER, request_id)
+
+
+class _NotifyResource:
+    def __init__(
+        self,
+        config: BridgeConfig,
+        verifier: RequestVerifier,
+        publisher: NotificationPublisher,
+        metrics: BridgeMetrics,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self._verifier = verifier
+        self._publisher = publisher
+        self._metrics = metrics
+        self._clock = clock
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        received_at = self._clock()
+        body = read_body(req, self._config.max_body_bytes)
+        verified = self._verify(req, body)
+        notification = parse_notification(body)
+        # For the log line of a failed publish too (the error handler reads it).
+        req.context.summary = summary = safe_summary(notification)
+        receipt = _receipt(received_at, verified, req.context.request_id)
+        result = self._publish(notification, receipt)
+        resp.status = falcon.HTTP_200
+        resp.content_type = JSON_TYPE
+        resp.data = SUCCESS_BODY
+        self._metrics.count("success")
+        logger.info(
+            "request %s: %s paymentId=%s acknowledged%s (notification %s, Alipay send %d)",
+            receipt.request_id,
+            summary.get("notify_type", ""),
+            summary.get("payment_id", ""),
+            " earlier" if result.already_acknowledged else "",
+            result.notification_id,
+            result.alipay_send_count,
+            extra={"request_id": receipt.request_id, "notification": summary},
+        )
+
+    def _verify(self, req: falcon.Request, body: bytes) -> VerifiedRequest:
+        if self._config.insecure_skip_verification:
+            self._metrics.insecure_requests.inc()
+        return self._verifier.verify("POST", signed_path(req.env), req.headers, body)
+
+    def _publish(
+        self, notification: notification_pb2.PaymentNotification, receipt: hub_pb2.Receipt
+    ) -> PublishResult:
+        with self._metrics.publish_seconds.time():
+            result = self._publisher.publish(notification, receipt)
+        self._metrics.alipay_send_count.observe(result.alipay_send_count)
+        return result
+
+
+def read_body(req: falcon.Request, limit: int) -> bytes:
+    """The raw body, checked for media type, size and emptiness; never reads more than limit+1."""
+    check_content_type(req.content_type)
+    declared = req.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"the body has {declared} bytes; the bridge accepts at most {limit}")
+    body = req.bounded_stream.read(limit + 1)
+    if len(body) > limit:
+        raise BodyTooLarge(f"the body is larger than the {limit} bytes the bridge accepts")
+    if not body.strip():
+        raise MalformedBody("the body is empty: expected Alipay's notification JSON")
+    return body
+
+
+def check_content_type(value: str | None) -> None:
+    """application/json, optionally with charset=UTF-8 (Alipay sends UTF-8 JSON)."""
+    if not value:
+        raise UnsupportedMediaType("the Content-Type header is missing: expected application/json")
+    media_type, params = falcon.parse_header(value)
+    if media_type.lower() != JSON_TYPE:
+        raise UnsupportedMediaType(f"Content-Type {media_type[:64]!r} is not application/json")
+    charset = params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(f"charset {charset[:32]!r} is not supported: send UTF-8")
+
+
+def _receipt(received_at: float, verified: VerifiedRequest, request_id: str) -> hub_pb2.Receipt:
+    timestamp = Timestamp()
+    timestamp.FromNanoseconds(int(received_at * 1e9))
+    return hub_pb2.Receipt(
+        received_at=timestamp,
+        client_id=verified.client_id,
+        request_time=verified.request_time,
+        request_id=request_id,
+    )
+
+
+class _ErrorReplies:
+    """The one place an exception becomes an HTTP reply (see `replies.py` for the table)."""
+
+    def __init__(self, metrics: BridgeMetrics) -> None:
+        self._metrics = metrics
+
+    def bridge_error(
+        self, req: falcon.Request, resp: falcon.Response, ex: BridgeError, params: dict[str, Any]
+    ) -> None:
+        outcome = outcome_of(ex)
+        self._metrics.count(outcome)
+        if isinstance(ex, SignatureRejected):
+            self._metrics.count_signature_failure(_snake(type(ex).__name__))
+        resp.status = ex.status
+        resp.content_type = JSON_TYPE
+        resp.data = error_body(ex)
+        request_id = _request_id(req)
+        summary: dict[str, str] = getattr(req.context, "summary", {})
+        logger.warning(
+            "request %s: %d %s%s: %s",
+            request_id,
+            ex.status,
+            outcome,
+            f" paymentId={summary['payment_id']}" if summary.get("payment_id") else "",
+            ex.reason,
+            extra={"request_id": request_id, "outcome": outcome, "notification": summary},
+        )
+
+    def unexpected(
+        self, req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]
+    ) -> None:
+        self._metrics.count(outcome_of(ex))
+        resp.status = UNEXPECTED_STATUS
+        resp.content_type = JSON_TYPE
+        resp.data = UNEXPECTED_BODY
+        request_id = _request_id(req)
+        # The type and the frames only: an exception's text may quote the body it choked on.
+        logger.error(
+            "request %s: unexpected %s, answered 503 so Alipay retries\n%s",
+            request_id,
+            type(ex).__name__,
+            "".join(traceback.format_tb(ex.__traceback__)).rstrip(),
+            extra={"request_id": request_id, "outcome": "error"},
+        )
+
+
+def _request_id(req: falcon.Request) -> str:
+    return str(getattr(req.context, "request_id", "-"))
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class _HealthResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = "ok\n"
+
+
+class _ReadyResource:
+    def __init__(self, publisher: NotificationPublisher) -> None:
+        self._publisher = publisher
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_TEXT
+        if self._publisher.ready():
+            resp.text = "ready\n"
+        else:
+            resp.status = falcon.HTTP_503
+            resp.text = "no hub answers\n"
+
+
+class _MetricsResource:
+    def __init__(self, metrics: BridgeMetrics) -> None:
+        self._metrics = metrics
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = METRICS_CONTENT_TYPE
+        resp.data = self._metrics.exposition()
