@@ -1,8 +1,9 @@
 """Dispatch `paynotify <command>` to the module that owns it.
 
 Each command module offers `add_arguments(parser)` and `run(args) -> int`. Every flag can also be
-set in the environment as PAYNOTIFY_<FLAG> (dashes as underscores, e.g. PAYNOTIFY_PUBLISH_TIMEOUT); a
-repeatable flag takes a comma-separated list there. A flag on the command line wins.
+set in the environment as PAYNOTIFY_<FLAG> (dashes as underscores, e.g.
+PAYNOTIFY_PUBLISH_TIMEOUT); a repeatable flag takes a comma-separated list there. A flag on the
+command line wins.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -56,7 +57,7 @@ class _ReplacingAppend(argparse._AppendAction):
         self,
         parser: argparse.ArgumentParser,
         namespace: argparse.Namespace,
-        values: object,
+        values: str | Sequence[Any] | None,
         option_string: str | None = None,
     ) -> None:
         if getattr(namespace, self.dest, None) is self.default:
