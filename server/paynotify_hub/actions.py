@@ -1,0 +1,105 @@
+"""Acks, nacks, rejects and extensions by delivery id, as one member sends them.
+
+A malformed id answers UNKNOWN without touching the store; the store answers STALE for a lease that
+is no longer the one named. Settling signals local publish waiters; the store tells other hubs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from paynotify_hub.config import HubConfig
+from paynotify_hub.domain import ActionStatus
+from paynotify_hub.member import DeliveryKey, Member, parse_delivery_id
+from paynotify_hub.metrics import HubMetrics
+from paynotify_hub.signals import GroupWakeups, SettleSignals
+from paynotify_hub.store.base import Store
+from paynotify_hub.storecall import store_call
+
+__all__ = ["MAX_REASON_CHARS", "Actions"]
+
+MAX_REASON_CHARS = 1000
+
+
+@dataclass
+class Actions:
+    store: Store
+    config: HubConfig
+    metrics: HubMetrics
+    clock: Callable[[], float]
+    settles: SettleSignals
+    wakeups: GroupWakeups
+
+    async def ack(self, member: Member, delivery_id: str) -> ActionStatus:
+        def call(nid: int, token: str) -> Awaitable[ActionStatus]:
+            return self.store.ack(member.group, nid, token, self.clock())
+
+        return await self._act("ack", member, delivery_id, call, settles=True)
+
+    async def nack(self, member: Member, delivery_id: str, delay: float | None) -> ActionStatus:
+        if delay is not None:
+            delay = min(max(0.0, delay), self.config.retry.max_backoff)
+
+        def call(nid: int, token: str) -> Awaitable[ActionStatus]:
+            return self.store.nack(member.group, nid, token, self.clock(), delay, self.config.retry)
+
+        # Out of attempts, a nack dead-letters the delivery: that settles a waiting publish too.
+        status = await self._act("nack", member, delivery_id, call, settles=True)
+        if status is ActionStatus.OK:
+            self.wakeups.wake([member.group])
+        return status
+
+    async def reject(self, member: Member, delivery_id: str, reason: str) -> ActionStatus:
+        reason = reason[:MAX_REASON_CHARS]
+
+        def call(nid: int, token: str) -> Awaitable[ActionStatus]:
+            return self.store.reject(member.group, nid, token, reason, self.clock())
+
+        status = await self._act("reject", member, delivery_id, call, settles=True)
+        if status is ActionStatus.OK:
+            self.metrics.dead_letters.labels(member.group).inc()
+        return status
+
+    async def extend(self, member: Member, delivery_id: str, seconds: float | None) -> ActionStatus:
+        cfg = self.config
+        seconds = member.settings.ack_deadline if seconds is None else seconds
+        seconds = min(max(seconds, cfg.min_ack_deadline), cfg.max_ack_deadline)
+        expires_at = self.clock() + seconds
+
+        def call(nid: int, token: str) -> Awaitable[ActionStatus]:
+            return self.store.extend(member.group, nid, token, expires_at)
+
+        key = parse_delivery_id(delivery_id)
+        status = await self._act("extend", member, delivery_id, call, settles=False)
+        if key is not None and status is ActionStatus.OK:
+            member.extended(key, expires_at)
+        return status
+
+    async def _act(
+        self,
+        kind: str,
+        member: Member,
+        delivery_id: str,
+        call: Callable[[int, str], Awaitable[ActionStatus]],
+        *,
+        settles: bool,
+    ) -> ActionStatus:
+        """Parse, call the store (StoreDown propagates), keep the member's flow control right."""
+        key = parse_delivery_id(delivery_id)
+        if key is None:
+            status = ActionStatus.UNKNOWN
+        else:
+            status = await store_call(kind, call(*key), self.config.store_timeout, self.metrics)
+            self._account(member, key, status, settles)
+        self.metrics.actions.labels(member.group, kind, status.value).inc()
+        return status
+
+    def _account(
+        self, member: Member, key: DeliveryKey, status: ActionStatus, settles: bool
+    ) -> None:
+        if status is not ActionStatus.OK:
+            member.settle(key)  # not this stream's lease any more: its slot is free
+        elif settles:
+            member.settle(key)
+            self.settles.notify(key[0])

@@ -1,0 +1,189 @@
+"""paynotify.v1 messages <-> the hub's domain types, and validation of Publish input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from paynotify.v1 import hub_pb2, notification_pb2
+from paynotify_hub.domain import (
+    DeliveryState,
+    Lease,
+    NewNotification,
+    ReceiptRecord,
+    identity_of,
+)
+from paynotify_hub.errors import InvalidArgument
+from paynotify_hub.member import MemberSettings, format_delivery_id
+from paynotify_hub.publishing import PublishOutcome, PublishResult
+
+__all__ = [
+    "MAX_ID_CHARS",
+    "delivery_of",
+    "duration_or_none",
+    "new_notification",
+    "notify_type_texts",
+    "opened_of",
+    "publish_response",
+    "publish_response_rejected",
+    "receipt_of",
+    "result_status_letter",
+    "seconds_of",
+    "validate_publish",
+]
+
+MAX_ID_CHARS = 64
+_NOTIFY_TYPE_PREFIX = "NOTIFY_TYPE_"
+_RESULT_STATUS_PREFIX = "RESULT_STATUS_"
+
+_OUTCOMES = {
+    PublishOutcome.ACKNOWLEDGED: hub_pb2.PUBLISH_OUTCOME_ACKNOWLEDGED,
+    PublishOutcome.ALREADY_ACKNOWLEDGED: hub_pb2.PUBLISH_OUTCOME_ALREADY_ACKNOWLEDGED,
+    PublishOutcome.PENDING: hub_pb2.PUBLISH_OUTCOME_PENDING,
+}
+_STATES = {
+    DeliveryState.PENDING: hub_pb2.DELIVERY_STATE_PENDING,
+    DeliveryState.LEASED: hub_pb2.DELIVERY_STATE_LEASED,
+    DeliveryState.ACKED: hub_pb2.DELIVERY_STATE_ACKED,
+    DeliveryState.DEAD: hub_pb2.DELIVERY_STATE_DEAD,
+}
+
+
+def validate_publish(request: hub_pb2.PublishRequest, max_bytes: int) -> str | None:
+    """Why the request cannot be stored, or None when it can. Checks only what identity and
+    redelivery need: the bridge parsed and verified the body."""
+    if not request.HasField("notification"):
+        return "notification is missing"
+    n = request.notification
+    if not n.notify_type_text:
+        return "notification.notify_type_text is empty"
+    if not n.payment_id and not n.payment_request_id:
+        return "notification has neither payment_id nor payment_request_id"
+    for name, value in (("payment_id", n.payment_id), ("payment_request_id", n.payment_request_id)):
+        if len(value) > MAX_ID_CHARS:
+            return f"notification.{name} is longer than {MAX_ID_CHARS} characters"
+    if len(n.notify_type_text) > MAX_ID_CHARS:
+        return f"notification.notify_type_text is longer than {MAX_ID_CHARS} characters"
+    if not n.raw_json:
+        return "notification.raw_json is empty: the body as Alipay sent it is required"
+    size = n.ByteSize()
+    if size > max_bytes:
+        return f"notification is {size} bytes, more than the limit of {max_bytes}"
+    return None
+
+
+def result_status_letter(n: notification_pb2.PaymentNotification) -> str:
+    """ "S", "F", "U", or "" when the notification carries no result (some in-store ones)."""
+    if (
+        not n.HasField("result")
+        or n.result.result_status == notification_pb2.RESULT_STATUS_UNSPECIFIED
+    ):
+        return ""
+    name = notification_pb2.ResultStatus.Name(n.result.result_status)
+    return name.removeprefix(_RESULT_STATUS_PREFIX)
+
+
+def new_notification(n: notification_pb2.PaymentNotification) -> NewNotification:
+    status = result_status_letter(n)
+    return NewNotification(
+        identity=identity_of(n.notify_type_text, n.payment_id, n.payment_request_id, status),
+        notify_type=n.notify_type_text,
+        payment_request_id=n.payment_request_id,
+        payment_id=n.payment_id,
+        result_status=status,
+        payload=n.SerializeToString(),
+    )
+
+
+def receipt_of(request: hub_pb2.PublishRequest, now: float) -> ReceiptRecord:
+    r = request.receipt
+    received_at = now
+    if request.HasField("receipt") and r.HasField("received_at"):
+        received_at = r.received_at.ToNanoseconds() / 1e9
+    return ReceiptRecord(
+        received_at=received_at,
+        client_id=r.client_id[: MAX_ID_CHARS * 2],
+        request_time=r.request_time[:MAX_ID_CHARS],
+        request_id=r.request_id[: MAX_ID_CHARS * 2],
+    )
+
+
+def publish_response(result: PublishResult) -> hub_pb2.PublishResponse:
+    return hub_pb2.PublishResponse(
+        outcome=_OUTCOMES[result.outcome],
+        notification_id=str(result.notification_id),
+        alipay_send_count=result.send_count,
+        groups=[
+            hub_pb2.GroupStatus(
+                group=g.group, required=g.required, state=_STATES[g.state], attempts=g.attempts
+            )
+            for g in result.groups
+        ],
+    )
+
+
+def publish_response_rejected(detail: str) -> hub_pb2.PublishResponse:
+    return hub_pb2.PublishResponse(outcome=hub_pb2.PUBLISH_OUTCOME_REJECTED, detail=detail)
+
+
+def notify_type_texts(types: Iterable[int]) -> frozenset[str]:
+    """Open.notify_types as the notifyType texts the store filters on."""
+    texts = set()
+    for value in types:
+        if value == notification_pb2.NOTIFY_TYPE_UNSPECIFIED:
+            raise InvalidArgument("open.notify_types must not contain NOTIFY_TYPE_UNSPECIFIED")
+        try:
+            name = notification_pb2.NotifyType.Name(value)  # type: ignore[arg-type]
+        except ValueError:
+            raise InvalidArgument(f"open.notify_types has an unknown value {value}") from None
+        texts.add(name.removeprefix(_NOTIFY_TYPE_PREFIX))
+    return frozenset(texts)
+
+
+def seconds_of(duration: Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def duration_or_none(message: object, field: str) -> float | None:
+    """The Duration field `field` of `message` in seconds, or None when unset."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    value: Duration = getattr(message, field)
+    return seconds_of(value)
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    t = Timestamp()
+    t.FromNanoseconds(round(seconds * 1e9))
+    return t
+
+
+def delivery_of(lease: Lease) -> hub_pb2.Delivery:
+    notification = notification_pb2.PaymentNotification.FromString(lease.payload)
+    return hub_pb2.Delivery(
+        delivery_id=format_delivery_id(lease.notification_id, lease.token),
+        notification_id=str(lease.notification_id),
+        notification=notification,
+        raw_json=notification.raw_json,
+        attempt=lease.attempt,
+        alipay_send_count=lease.send_count,
+        first_received_at=_timestamp(lease.first_received_at),
+        lease_expires_at=_timestamp(lease.lease_expires_at),
+    )
+
+
+def opened_of(member_id: str, settings: MemberSettings) -> hub_pb2.Opened:
+    return hub_pb2.Opened(
+        group=settings.group.name,
+        member_id=member_id,
+        max_in_flight=settings.max_in_flight,
+        ack_deadline=_duration(settings.ack_deadline),
+    )

@@ -1,0 +1,103 @@
+"""The dispatch loop of one member: claim what it has room for, hand it out, wait for news.
+
+Notifications wake, polling guarantees: the loop waits for `Member.wake()` (a local append, a nack,
+an expired or released lease, another hub's event) but never longer than the poll interval or the
+time until the group's next delivery falls due.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from paynotify_hub.config import HubConfig
+from paynotify_hub.errors import StoreDown
+from paynotify_hub.member import Member
+from paynotify_hub.metrics import HubMetrics
+from paynotify_hub.store.base import Store
+from paynotify_hub.storecall import store_call
+
+__all__ = ["Dispatcher"]
+
+logger = logging.getLogger(__name__)
+
+# Never spin faster than this when the store says work is due but none could be claimed.
+_MIN_WAIT = 0.02
+
+
+@dataclass
+class Dispatcher:
+    store: Store
+    config: HubConfig
+    metrics: HubMetrics
+    clock: Callable[[], float]
+
+    async def run(self, member: Member) -> None:
+        """Until the member stops dispatching; store failures back off and retry, never raise."""
+        failures = 0
+        while member.dispatching:
+            member.clear_news()
+            try:
+                wait = await self._step(member)
+                failures = 0
+            except StoreDown as exc:
+                failures += 1
+                wait = self._backoff(failures)
+                logger.warning(
+                    "dispatch to %s paused %.1fs: %s", member.id, wait, exc, extra=_extra(member)
+                )
+            if wait > 0:
+                await member.wait_for_news(wait)
+
+    async def _step(self, member: Member) -> float:
+        """Claim once; returns how long to wait before the next claim (0: go on at once)."""
+        slots = member.free_slots()
+        if slots <= 0:
+            return self.config.poll_interval  # an action on this stream wakes it sooner
+        settings = member.settings
+        leases = await store_call(
+            "claim",
+            self.store.claim(
+                member.group,
+                member.id,
+                slots,
+                settings.ack_deadline,
+                settings.notify_types,
+                self.clock(),
+            ),
+            self.config.store_timeout,
+            self.metrics,
+        )
+        if not member.dispatching:
+            return 0.0  # the stream is closing: its leases are released with it
+        if leases:
+            member.hand_out(leases)
+            for lease in leases:
+                self.metrics.deliveries.labels(member.group).inc()
+                if lease.attempt > 1:
+                    self.metrics.redeliveries.labels(member.group).inc()
+            return 0.0
+        return await self._until_due(member)
+
+    async def _until_due(self, member: Member) -> float:
+        due = await store_call(
+            "next_due",
+            self.store.next_due(member.group, member.settings.notify_types),
+            self.config.store_timeout,
+            self.metrics,
+        )
+        if due is None:
+            return self.config.poll_interval
+        return self._clamp(due - self.clock())
+
+    def _clamp(self, seconds: float) -> float:
+        poll = self.config.poll_interval
+        return max(min(_MIN_WAIT, poll), min(seconds, poll))
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(self.config.poll_interval * 2 ** min(failures - 1, 5), 30.0))
+
+
+def _extra(member: Member) -> dict[str, str]:
+    return {"group": member.group, "member_id": member.id}

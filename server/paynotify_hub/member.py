@@ -1,0 +1,148 @@
+"""One subscriber stream as the broker sees it: settings, in-flight leases, outbound queue.
+
+Pure asyncio; the gRPC servicer reads `next_batch()` and the broker's dispatch loop fills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from paynotify_hub.domain import GroupSpec, Lease
+from paynotify_hub.errors import ShuttingDown
+
+__all__ = ["DeliveryKey", "Member", "MemberSettings", "format_delivery_id", "parse_delivery_id"]
+
+# (notification id, lease token): what a delivery id names.
+DeliveryKey = tuple[int, str]
+
+_MAX_ID_DIGITS = 19
+
+
+def format_delivery_id(notification_id: int, token: str) -> str:
+    return f"{notification_id}.{token}"
+
+
+def parse_delivery_id(delivery_id: str) -> DeliveryKey | None:
+    """The key a delivery id names, or None when it is malformed (never an exception)."""
+    head, sep, token = delivery_id.partition(".")
+    if not sep or not token or not head.isascii() or not head.isdigit():
+        return None
+    if len(head) > _MAX_ID_DIGITS or len(token) > 128:
+        return None
+    return int(head), token
+
+
+@dataclass(frozen=True)
+class MemberSettings:
+    """The settings in force for one stream, after the hub applied defaults and limits."""
+
+    group: GroupSpec
+    client_id: str
+    max_in_flight: int
+    ack_deadline: float
+    notify_types: frozenset[str]
+
+
+class Member:
+    """A stream's flow control: at most `max_in_flight` leases it has not answered for.
+
+    A lease that expired still holds its slot until the member acts on it (and learns it is
+    STALE): its callback may still be running, and sending more would overrun the subscriber.
+    The dispatch loop waits on `wait_for_news()`; anything that may free a slot or make work due
+    calls `wake()`.
+    """
+
+    def __init__(self, member_id: str, settings: MemberSettings) -> None:
+        self.id = member_id
+        self.settings = settings
+        self._in_flight: dict[DeliveryKey, float] = {}
+        self._outbound: asyncio.Queue[Lease | None] = asyncio.Queue()
+        self._news = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self.dispatching = True
+        self.ended = False
+
+    @property
+    def group(self) -> str:
+        return self.settings.group.name
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def free_slots(self) -> int:
+        return self.settings.max_in_flight - len(self._in_flight)
+
+    def hand_out(self, leases: Sequence[Lease]) -> None:
+        for lease in leases:
+            self._in_flight[(lease.notification_id, lease.token)] = lease.lease_expires_at
+            self._outbound.put_nowait(lease)
+        self._update_drained()
+
+    def holds(self, key: DeliveryKey) -> bool:
+        return key in self._in_flight
+
+    def settle(self, key: DeliveryKey) -> None:
+        """The member acted on `key` (or learnt it is stale): its slot is free."""
+        if self._in_flight.pop(key, None) is not None:
+            self._update_drained()
+            self.wake()
+
+    def extended(self, key: DeliveryKey, lease_expires_at: float) -> None:
+        if key in self._in_flight:
+            self._in_flight[key] = lease_expires_at
+
+    def wake(self) -> None:
+        self._news.set()
+
+    def clear_news(self) -> None:
+        self._news.clear()
+
+    async def wait_for_news(self, seconds: float) -> None:
+        """Until `wake()` or `seconds`, whichever first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._news.wait(), seconds)
+
+    async def wait_drained(self, seconds: float) -> bool:
+        """Until nothing is in flight; False when `seconds` passed first."""
+        try:
+            await asyncio.wait_for(self._drained.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def next_batch(self) -> list[Lease]:
+        """Everything queued for the stream, waiting for at least one lease.
+
+        Raises ShuttingDown once the hub ended the stream.
+        """
+        if self.ended:
+            raise ShuttingDown("hub shutting down, reconnect")
+        first = await self._outbound.get()
+        batch: list[Lease] = []
+        item = first
+        while item is not None:
+            batch.append(item)
+            if self._outbound.empty():
+                return batch
+            item = self._outbound.get_nowait()
+        self.ended = True
+        if batch:
+            return batch
+        raise ShuttingDown("hub shutting down, reconnect")
+
+    def end(self) -> None:
+        """The hub ends this stream: no new leases; the writer raises ShuttingDown."""
+        self.dispatching = False
+        self._outbound.put_nowait(None)
+        self.wake()
+
+    def _update_drained(self) -> None:
+        if self._in_flight:
+            self._drained.clear()
+        else:
+            self._drained.set()

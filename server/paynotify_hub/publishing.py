@@ -1,0 +1,154 @@
+"""Publish: store once, then wait (bounded) until every required group has settled the delivery.
+
+Pure asyncio, no gRPC. The wait ends on a local settle signal, another hub's event, or the safety
+poll of the store, whichever first; at the deadline it answers PENDING (the notification is stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from paynotify_hub.config import HubConfig
+from paynotify_hub.domain import DeliveryState, GroupDelivery, NewNotification, ReceiptRecord
+from paynotify_hub.errors import ShuttingDown, StoreDown
+from paynotify_hub.metrics import HubMetrics
+from paynotify_hub.signals import GroupWakeups, SettleSignals
+from paynotify_hub.store.base import Store
+from paynotify_hub.storecall import store_call
+
+__all__ = ["GroupStatus", "PublishOutcome", "PublishResult", "Publisher"]
+
+logger = logging.getLogger(__name__)
+
+
+class PublishOutcome(enum.StrEnum):
+    ACKNOWLEDGED = "acknowledged"
+    ALREADY_ACKNOWLEDGED = "already_acknowledged"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    group: str
+    required: bool
+    state: DeliveryState
+    attempts: int
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    outcome: PublishOutcome
+    notification_id: int
+    send_count: int
+    groups: tuple[GroupStatus, ...]
+
+
+@dataclass
+class Publisher:
+    store: Store
+    config: HubConfig
+    metrics: HubMetrics
+    settles: SettleSignals
+    wakeups: GroupWakeups
+    # True once the hub ended its streams: a publish still waiting then raises ShuttingDown.
+    ended: Callable[[], bool]
+
+    async def publish(
+        self, notification: NewNotification, receipt: ReceiptRecord, max_wait: float
+    ) -> PublishResult:
+        """Store `notification` once and wait up to `max_wait` seconds for the required groups.
+
+        Raises StoreDown when the store could not take it (nothing was promised), ShuttingDown
+        when the hub stopped before the wait ended.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, max_wait)
+        appended = await store_call(
+            "append",
+            self.store.append(notification, receipt, self.config.groups),
+            max(max_wait, self.config.store_timeout),
+            self.metrics,
+        )
+        nid, states = appended.notification_id, appended.groups
+        if self._settled(states, notification.notify_type):
+            outcome = PublishOutcome.ACKNOWLEDGED
+            if not appended.created:
+                outcome = PublishOutcome.ALREADY_ACKNOWLEDGED
+            return self._result(outcome, nid, appended.send_count, states)
+        with self.settles.watch(nid) as settled_event:
+            self.wakeups.wake(states)
+            states = await self._wait(
+                nid, notification.notify_type, states, settled_event, deadline
+            )
+        outcome = PublishOutcome.PENDING
+        if self._settled(states, notification.notify_type):
+            outcome = PublishOutcome.ACKNOWLEDGED
+        elif self.ended():
+            # Stored, but this hub can no longer see it acked: another hub can (Publish is
+            # idempotent), so UNAVAILABLE lets the caller retry there within its deadline.
+            raise ShuttingDown("hub shutting down; publish again, the notification is stored")
+        self.metrics.publish_wait.observe(max(0.0, loop.time() - (deadline - max_wait)))
+        return self._result(outcome, nid, appended.send_count, states)
+
+    async def _wait(
+        self,
+        nid: int,
+        notify_type: str,
+        states: Mapping[str, GroupDelivery],
+        event: asyncio.Event,
+        deadline: float,
+    ) -> Mapping[str, GroupDelivery]:
+        loop = asyncio.get_running_loop()
+        while not self.ended():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(remaining, self.config.poll_interval))
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.ended():
+                break
+            try:
+                states = await store_call(
+                    "group_states", self.store.group_states(nid), remaining, self.metrics
+                )
+            except StoreDown as exc:
+                logger.warning("publish of %d: %s", nid, exc, extra={"notification_id": nid})
+                continue
+            if self._settled(states, notify_type):
+                break
+        return states
+
+    def _settled(self, states: Mapping[str, GroupDelivery], notify_type: str) -> bool:
+        """Every required group that wants this type acked or dead-lettered it."""
+        for group in self.config.groups:
+            if not group.required or not group.wants(notify_type):
+                continue
+            delivery = states.get(group.name)
+            if delivery is None or not delivery.state.settled:
+                return False
+        return True
+
+    def _result(
+        self,
+        outcome: PublishOutcome,
+        nid: int,
+        send_count: int,
+        states: Mapping[str, GroupDelivery],
+    ) -> PublishResult:
+        self.metrics.publishes.labels(outcome.value).inc()
+        groups = tuple(
+            GroupStatus(name, self._required(name), d.state, d.attempts)
+            for name, d in sorted(states.items())
+        )
+        return PublishResult(outcome, nid, send_count, groups)
+
+    def _required(self, name: str) -> bool:
+        spec = self.config.group(name)
+        return spec is not None and spec.required

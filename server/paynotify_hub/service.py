@@ -1,0 +1,202 @@
+"""The gRPC face of the broker (grpc.aio): converts messages, calls the broker, maps errors.
+
+Subscribe is an async generator: a reader task answers each request's actions with one response, a
+pump task turns the member's leases into deliveries, and the generator yields both in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+
+from paynotify.v1 import hub_pb2, hub_pb2_grpc
+from paynotify_hub.broker import Broker
+from paynotify_hub.config import HubConfig
+from paynotify_hub.convert import (
+    delivery_of,
+    duration_or_none,
+    new_notification,
+    notify_type_texts,
+    opened_of,
+    publish_response,
+    publish_response_rejected,
+    receipt_of,
+    validate_publish,
+)
+from paynotify_hub.domain import ActionStatus
+from paynotify_hub.errors import HubError, InvalidArgument, Unavailable
+from paynotify_hub.member import Member
+from paynotify_hub.status import status_code_for
+
+__all__ = ["NotificationHubServicer"]
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[hub_pb2.SubscribeRequest, hub_pb2.SubscribeResponse]
+PublishContext = grpc.aio.ServicerContext[hub_pb2.PublishRequest, hub_pb2.PublishResponse]
+
+_STATUS = {
+    ActionStatus.OK: hub_pb2.ACTION_STATUS_OK,
+    ActionStatus.UNKNOWN: hub_pb2.ACTION_STATUS_UNKNOWN,
+    ActionStatus.STALE: hub_pb2.ACTION_STATUS_STALE,
+}
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: HubError) -> NoReturn:
+    await context.abort(status_code_for(error), str(error))
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+class NotificationHubServicer(hub_pb2_grpc.NotificationHubServicer):
+    """paynotify.v1.NotificationHub on a `Broker`."""
+
+    def __init__(
+        self, broker: Broker, config: HubConfig, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._broker = broker
+        self._config = config
+        self._clock = clock
+
+    async def Publish(
+        self, request: hub_pb2.PublishRequest, context: PublishContext
+    ) -> hub_pb2.PublishResponse:
+        detail = validate_publish(request, self._config.max_notification_bytes)
+        if detail is not None:
+            return publish_response_rejected(detail)
+        try:
+            result = await self._broker.publish(
+                new_notification(request.notification),
+                receipt_of(request, self._clock()),
+                self._publish_timeout(context.time_remaining()),
+            )
+        except HubError as exc:
+            await _abort(context, exc)
+        return publish_response(result)
+
+    def _publish_timeout(self, remaining: float | None) -> float:
+        """Answer PENDING shortly before the caller's deadline; without one, after the max wait."""
+        if remaining is None:
+            return self._config.publish_max_wait
+        return max(0.0, remaining - self._config.publish_margin)
+
+    async def Subscribe(
+        self,
+        request_iterator: AsyncIterator[hub_pb2.SubscribeRequest],
+        context: Context,
+    ) -> AsyncIterator[hub_pb2.SubscribeResponse]:
+        requests = aiter(request_iterator)
+        try:
+            member = await self._open(requests)
+        except HubError as exc:
+            await _abort(context, exc)
+        try:
+            yield hub_pb2.SubscribeResponse(opened=opened_of(member.id, member.settings))
+            async with _Stream(self._broker, member) as stream:
+                stream.start(requests)
+                while (response := await stream.next_response()) is not None:
+                    yield response
+                error = stream.error
+        finally:
+            await asyncio.shield(self._broker.close_member(member))
+        if error is not None:
+            await _abort(context, error)
+
+    async def _open(self, requests: AsyncIterator[hub_pb2.SubscribeRequest]) -> Member:
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            raise InvalidArgument("first request must carry open; the stream ended") from None
+        if not first.HasField("open"):
+            raise InvalidArgument("first request must carry open")
+        o = first.open
+        return await self._broker.open_member(
+            o.group,
+            o.client_id,
+            o.max_in_flight,
+            duration_or_none(o, "ack_deadline"),
+            notify_type_texts(o.notify_types),
+        )
+
+
+class _Stream:
+    """One Subscribe stream after its open: a reader task answers actions, a pump task turns the
+    member's leases into deliveries; both feed one queue of responses, so writes never interleave.
+    `next_response()` gives None at the end; `error` then says why (None: the client closed).
+    """
+
+    def __init__(self, broker: Broker, member: Member) -> None:
+        self._broker = broker
+        self._member = member
+        self._out: asyncio.Queue[hub_pb2.SubscribeResponse | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.error: HubError | None = None
+
+    async def __aenter__(self) -> _Stream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def start(self, requests: AsyncIterator[hub_pb2.SubscribeRequest]) -> None:
+        self._tasks = [
+            asyncio.create_task(self._guard(self._read(requests))),
+            asyncio.create_task(self._guard(self._pump())),
+        ]
+
+    async def next_response(self) -> hub_pb2.SubscribeResponse | None:
+        return await self._out.get()
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        """Run `work`; whatever way it ends, the stream ends (an unexpected error is logged)."""
+        try:
+            await work
+        except HubError as exc:
+            self.error = self.error or exc
+        except Exception:
+            logger.exception("subscribe stream of %s failed", self._member.id)
+            self.error = self.error or Unavailable("internal error, reconnect")
+        finally:
+            self._out.put_nowait(None)
+
+    async def _read(self, requests: AsyncIterator[hub_pb2.SubscribeRequest]) -> None:
+        async for request in requests:
+            if request.HasField("open"):
+                raise InvalidArgument("open may only be sent in the first request")
+            results = await self._act(request)
+            if results:
+                self._out.put_nowait(hub_pb2.SubscribeResponse(action_results=results))
+
+    async def _pump(self) -> None:
+        while True:
+            leases = await self._member.next_batch()  # raises ShuttingDown at the end
+            deliveries = [delivery_of(lease) for lease in leases]
+            self._out.put_nowait(hub_pb2.SubscribeResponse(deliveries=deliveries))
+
+    async def _act(self, request: hub_pb2.SubscribeRequest) -> list[hub_pb2.ActionResult]:
+        b, m = self._broker, self._member
+        results: list[hub_pb2.ActionResult] = []
+
+        def add(delivery_id: str, kind: hub_pb2.ActionKind.ValueType, status: ActionStatus) -> None:
+            results.append(
+                hub_pb2.ActionResult(delivery_id=delivery_id, kind=kind, status=_STATUS[status])
+            )
+
+        for ack_id in request.ack_ids:
+            add(ack_id, hub_pb2.ACTION_KIND_ACK, await b.ack(m, ack_id))
+        for nack in request.nacks:
+            status = await b.nack(m, nack.delivery_id, duration_or_none(nack, "delay"))
+            add(nack.delivery_id, hub_pb2.ACTION_KIND_NACK, status)
+        for rej in request.rejects:
+            status = await b.reject(m, rej.delivery_id, rej.reason)
+            add(rej.delivery_id, hub_pb2.ACTION_KIND_REJECT, status)
+        for ext in request.extensions:
+            status = await b.extend(m, ext.delivery_id, duration_or_none(ext, "extension"))
+            add(ext.delivery_id, hub_pb2.ACTION_KIND_EXTEND, status)
+        return results
