@@ -62,5 +62,17 @@ test: check-stubs
 run: $(STAMP)
 	$(BIN)/paynotify run
 
+# The benchmark (docs/benchmark.md): bare Falcon/waitress limit vs the acknowledged pipeline, with wrk.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk (Debian package) for the benchmark"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The fault-injection suite (docs/chaos.md); a shortened run is part of `make test`.
+CHAOS_ARGS ?=
+chaos: $(STAMP)
+	$(PY) -m chaos.run $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
