@@ -28,7 +28,7 @@ from paynotify_hub.domain import (
     identity_of,
 )
 from paynotify_hub.store import Store, StoreError
-from paynotify_hub.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+from paynotify_hub.store.sqlite import BUSY_TIMEOUT_MS, SCHEMA_VERSION, SQLiteStore
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
@@ -492,7 +492,7 @@ async def test_sqlite_durability_pragmas(sqlite_store: SQLiteStore) -> None:
     assert pragmas["synchronous"] == 2  # FULL
     assert pragmas["busy_timeout"] == BUSY_TIMEOUT_MS
     assert pragmas["foreign_keys"] == 1
-    assert pragmas["user_version"] == 1
+    assert pragmas["user_version"] == SCHEMA_VERSION
 
 
 async def test_sqlite_creates_the_folder_and_reopens(tmp_path: Path) -> None:
@@ -505,7 +505,7 @@ async def test_sqlite_creates_the_folder_and_reopens(tmp_path: Path) -> None:
     second = SQLiteStore(path)
     await second.open()
     try:
-        assert (await second.pragmas())["user_version"] == 1
+        assert (await second.pragmas())["user_version"] == SCHEMA_VERSION
         assert await state_of(second, nid) == PENDING0
     finally:
         await second.close()

@@ -7,6 +7,9 @@ Error tree::
 
 Every method that changes state commits durably before it returns: a caller that got an answer may
 tell Alipay so.
+
+History: claim, ack, nack, reject, release, expire_leases, replay and replay_since each add the
+`DeliveryEvent`s of what they changed (one multi-row insert, same transaction); `extend` does not.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from typing import Protocol
 from paynotify_hub.domain import (
     ActionStatus,
     AppendResult,
+    DeadLetter,
     GroupDelivery,
     GroupSpec,
+    GroupStats,
     Lease,
     NewNotification,
+    NotificationRecord,
     ReceiptRecord,
     RetryPolicy,
 )
@@ -125,8 +131,40 @@ class Store(Protocol):
     async def purge_settled(self, before: float, batch_size: int) -> int:
         """Delete up to `batch_size` notifications whose every delivery is acked (dead letters are
         kept for the operator until replayed or acked; a notification with no delivery counts as
-        acked) and that were last received before `before`, with their receipts and deliveries.
+        acked) and that were last received before `before`, with their receipts, deliveries and
+        delivery history.
         Returns how many; call again until it returns less than `batch_size`."""
+
+    # -- the operator's verbs ----------------------------------------------------------------------
+
+    async def group_stats(
+        self, now: float, groups: Sequence[str], *, count_acked: bool = True
+    ) -> list[GroupStats]:
+        """One `GroupStats` per name of `groups`, in that order (zeros for a group with no
+        deliveries). Counting acked deliveries reads every one the retention keeps: periodic
+        callers (metrics) pass `count_acked=False` and get `acked=None`."""
+
+    async def find_notifications(self, key: str, limit: int) -> list[NotificationRecord]:
+        """Up to `limit` notifications whose paymentId or paymentRequestId is `key`, oldest
+        first, each with its receipts, its deliveries and their history. An empty key finds
+        nothing."""
+
+    async def dead_letters(
+        self, group: str | None, after_id: int, limit: int, *, after_group: str = ""
+    ) -> list[DeadLetter]:
+        """Up to `limit` dead deliveries (of `group`, or of every group when None) with their
+        payload, ordered by (notification id, group) and strictly after
+        (`after_id`, `after_group`): pass the last one's to read the next page."""
+
+    async def replay(self, group: str, notification_id: int, now: float) -> ActionStatus:
+        """A dead letter becomes pending again, due at `now`, attempts reset to 0; recorded in
+        its history. UNKNOWN: no such delivery; STALE: the delivery is not dead."""
+
+    async def replay_since(self, group: str, since: float, now: float) -> int:
+        """Every delivery of `group` whose notification was first received at or after `since`
+        becomes pending again, whatever its state (a lease in flight is revoked: its actions
+        answer STALE), due at `now`, attempts reset to 0; recorded in each history. For a
+        service that lost its own data; purged notifications are gone. Returns how many."""
 
     async def listen(self, on_event: Callable[[StoreEvent], None]) -> None:
         """Call `on_event` for changes made by other hubs sharing this store (no-op for one hub).

@@ -36,14 +36,19 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from paynotify_hub.domain import (
     ActionStatus,
     AppendResult,
+    DeadLetter,
     DeliveryState,
     GroupDelivery,
     GroupSpec,
+    GroupStats,
+    HistoryKind,
     Lease,
     NewNotification,
+    NotificationRecord,
     ReceiptRecord,
     RetryPolicy,
 )
+from paynotify_hub.store import postgres_admin
 from paynotify_hub.store.base import StoreError, StoreEvent, StoreUnavailable
 
 __all__ = ["PostgresStore"]
@@ -118,65 +123,103 @@ WHERE group_name = %(group)s AND state = 'pending' AND available_at <= %(now)s A
 ORDER BY notification_id
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED"""
-_LEASE: Final = """
-UPDATE deliveries AS d
-SET state = 'leased', attempts = d.attempts + 1, lease_token = p.token,
-    lease_member = %(member)s, lease_expires_at = %(expires)s
-FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS p(notification_id, token), notifications AS n
-WHERE d.group_name = %(group)s AND d.notification_id = p.notification_id
-    AND n.id = d.notification_id
-RETURNING d.notification_id, d.lease_token, d.attempts, d.lease_expires_at,
-    n.payload, n.notify_type, n.send_count, n.first_received_at"""
+# Changes that end or start a lease record it in delivery_history in the same statement (a
+# data-modifying WITH): no extra round trip on the hot paths.
+_HISTORY_COLUMNS: Final = """
+INSERT INTO delivery_history (notification_id, group_name, kind, at, attempt, member, state,
+    lease_expires_at, due_at, detail)"""
+_LEASE: Final = f"""
+WITH leased AS (
+    UPDATE deliveries AS d
+    SET state = 'leased', attempts = d.attempts + 1, lease_token = p.token,
+        lease_member = %(member)s, lease_expires_at = %(expires)s
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS p(notification_id, token),
+        notifications AS n
+    WHERE d.group_name = %(group)s AND d.notification_id = p.notification_id
+        AND n.id = d.notification_id
+    RETURNING d.notification_id, d.lease_token, d.attempts, d.lease_expires_at,
+        n.payload, n.notify_type, n.send_count, n.first_received_at
+), recorded AS ({_HISTORY_COLUMNS}
+    SELECT notification_id, %(group)s, 'leased', %(now)s, attempts, %(member)s, 'leased',
+        lease_expires_at, NULL, ''
+    FROM leased
+)
+SELECT * FROM leased"""
 _LOCK_DELIVERY: Final = """
-SELECT state, lease_token, attempts FROM deliveries
+SELECT state, lease_token, attempts, lease_member FROM deliveries
 WHERE group_name = %(group)s AND notification_id = %(id)s
 FOR UPDATE"""
-_ACK: Final = """
-UPDATE deliveries SET state = 'acked', acked_at = %(now)s, lease_expires_at = NULL
-WHERE group_name = %(group)s AND notification_id = %(id)s"""
-_REJECT: Final = """
-UPDATE deliveries
-SET state = 'dead', dead_at = %(now)s, dead_reason = %(reason)s, lease_token = NULL,
-    lease_expires_at = NULL
-WHERE group_name = %(group)s AND notification_id = %(id)s"""
+_ACK: Final = f"""
+WITH acked AS (
+    UPDATE deliveries SET state = 'acked', acked_at = %(now)s, lease_expires_at = NULL
+    WHERE group_name = %(group)s AND notification_id = %(id)s
+    RETURNING notification_id, group_name, attempts, lease_member
+){_HISTORY_COLUMNS}
+SELECT notification_id, group_name, 'acked', %(now)s, attempts, coalesce(lease_member, ''),
+    'acked', NULL, NULL, ''
+FROM acked"""
+_REJECT: Final = f"""
+WITH rejected AS (
+    UPDATE deliveries
+    SET state = 'dead', dead_at = %(now)s, dead_reason = %(reason)s, lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE group_name = %(group)s AND notification_id = %(id)s
+    RETURNING notification_id, group_name, attempts, lease_member
+){_HISTORY_COLUMNS}
+SELECT notification_id, group_name, 'rejected', %(now)s, attempts, coalesce(lease_member, ''),
+    'dead', NULL, NULL, %(reason)s
+FROM rejected"""
 _EXTEND: Final = """
 UPDATE deliveries SET lease_expires_at = %(expires)s
 WHERE group_name = %(group)s AND notification_id = %(id)s"""
 # Rows stay locked by these until the transaction ends; SKIP LOCKED leaves rows another hub (or an
 # ack in flight) holds to that hub.
 _LOCK_MEMBER_LEASES: Final = """
-SELECT group_name, notification_id, attempts FROM deliveries
+SELECT group_name, notification_id, attempts, lease_member FROM deliveries
 WHERE group_name = %(group)s AND state = 'leased' AND lease_member = %(member)s
 FOR UPDATE SKIP LOCKED"""
 _LOCK_EXPIRED_LEASES: Final = """
-SELECT group_name, notification_id, attempts FROM deliveries
+SELECT group_name, notification_id, attempts, lease_member FROM deliveries
 WHERE state = 'leased' AND lease_expires_at <= %(now)s
 FOR UPDATE SKIP LOCKED"""
-_REQUEUE: Final = """
-UPDATE deliveries AS d
-SET state = r.state, available_at = r.available_at, dead_reason = r.dead_reason,
-    dead_at = CASE WHEN r.state = 'dead' THEN %(now)s END,
-    lease_token = NULL, lease_member = NULL, lease_expires_at = NULL
-FROM unnest(%(groups)s::text[], %(ids)s::bigint[], %(states)s::text[],
-    %(available)s::float8[], %(reasons)s::text[])
-    AS r(group_name, notification_id, state, available_at, dead_reason)
-WHERE d.group_name = r.group_name AND d.notification_id = r.notification_id"""
+_REQUEUE: Final = f"""
+WITH requeued AS (
+    UPDATE deliveries AS d
+    SET state = r.state, available_at = r.available_at, dead_reason = r.dead_reason,
+        dead_at = CASE WHEN r.state = 'dead' THEN %(now)s END,
+        lease_token = NULL, lease_member = NULL, lease_expires_at = NULL
+    FROM unnest(%(groups)s::text[], %(ids)s::bigint[], %(states)s::text[],
+        %(available)s::float8[], %(reasons)s::text[], %(members)s::text[])
+        AS r(group_name, notification_id, state, available_at, dead_reason, member)
+    WHERE d.group_name = r.group_name AND d.notification_id = r.notification_id
+    RETURNING d.notification_id, d.group_name, d.attempts, r.member, d.state, d.available_at,
+        d.dead_reason
+){_HISTORY_COLUMNS}
+SELECT notification_id, group_name, %(kind)s, %(now)s, attempts, coalesce(member, ''), state,
+    NULL, CASE WHEN state = 'pending' THEN available_at END, coalesce(dead_reason, '')
+FROM requeued"""
 _NEXT_DUE: Final = f"""
 SELECT min(available_at) FROM deliveries
 WHERE group_name = %(group)s AND state = 'pending' AND {_TYPE_FILTER}"""
 # Dead letters are kept for the operator: only notifications whose deliveries are all acked go.
 _PURGE_SETTLED: Final = """
-DELETE FROM notifications WHERE id IN (
-    SELECT n.id FROM notifications AS n
-    WHERE n.last_received_at < %(before)s
-        AND NOT EXISTS (SELECT 1 FROM deliveries AS d
-                        WHERE d.notification_id = n.id AND d.state <> 'acked')
-    ORDER BY n.id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED)"""
+WITH purged AS (
+    DELETE FROM notifications WHERE id IN (
+        SELECT n.id FROM notifications AS n
+        WHERE n.last_received_at < %(before)s
+            AND NOT EXISTS (SELECT 1 FROM deliveries AS d
+                            WHERE d.notification_id = n.id AND d.state <> 'acked')
+        ORDER BY n.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id
+), history AS (
+    DELETE FROM delivery_history AS h USING purged WHERE h.notification_id = purged.id
+)
+SELECT count(*) FROM purged"""
 _NOTIFY: Final = "SELECT pg_notify(%(channel)s, p) FROM unnest(%(payloads)s::text[]) AS p"
 
-Requeued: TypeAlias = tuple[str, int, int]  # group, notification id, attempts
+Requeued: TypeAlias = tuple[str, int, int, str | None]  # group, notification id, attempts, member
 
 
 class PostgresStore:
@@ -283,14 +326,14 @@ class PostgresStore:
             if not ids:
                 return []
             tokens = [secrets.token_hex(8) for _ in ids]
-            lease = {"group": group, "member": member, "expires": now + lease_seconds}
+            lease = {"group": group, "member": member, "expires": now + lease_seconds, "now": now}
             rows = await _fetch_all(conn, _LEASE, {**lease, "ids": ids, "tokens": tokens})
         return sorted((_lease_of(group, row) for row in rows), key=lambda x: x.notification_id)
 
     async def ack(self, group: str, notification_id: int, token: str, now: float) -> ActionStatus:
         key = {"group": group, "id": notification_id, "now": now}
         async with self._transaction("ack") as conn:
-            status, _ = await _check_lease(conn, key, token)
+            status, _, _ = await _check_lease(conn, key, token)
             if status is ActionStatus.OK:
                 await conn.execute(_ACK, key)
                 await self._notify(conn, _settled_payloads(self._origin, [notification_id]))
@@ -307,10 +350,10 @@ class PostgresStore:
     ) -> ActionStatus:
         key = {"group": group, "id": notification_id}
         async with self._transaction("nack") as conn:
-            status, attempts = await _check_lease(conn, key, token)
+            status, attempts, member = await _check_lease(conn, key, token)
             if status is ActionStatus.OK:
-                requeued = [(group, notification_id, attempts)]
-                await self._requeue(conn, requeued, now, policy, delay)
+                requeued = [(group, notification_id, attempts, member)]
+                await self._requeue(conn, requeued, HistoryKind.NACKED, now, policy, delay)
         return status
 
     async def reject(
@@ -318,7 +361,7 @@ class PostgresStore:
     ) -> ActionStatus:
         key = {"group": group, "id": notification_id, "now": now, "reason": reason}
         async with self._transaction("reject") as conn:
-            status, _ = await _check_lease(conn, key, token)
+            status, _, _ = await _check_lease(conn, key, token)
             if status is ActionStatus.OK:
                 await conn.execute(_REJECT, key)
                 await self._notify(conn, _settled_payloads(self._origin, [notification_id]))
@@ -329,7 +372,7 @@ class PostgresStore:
     ) -> ActionStatus:
         key = {"group": group, "id": notification_id, "expires": lease_expires_at}
         async with self._transaction("extend") as conn:
-            status, _ = await _check_lease(conn, key, token)
+            status, _, _ = await _check_lease(conn, key, token)
             if status is ActionStatus.OK:
                 await conn.execute(_EXTEND, key)
         return status
@@ -337,13 +380,13 @@ class PostgresStore:
     async def release(self, group: str, member: str, now: float, policy: RetryPolicy) -> int:
         async with self._transaction("release") as conn:
             rows = await _fetch_all(conn, _LOCK_MEMBER_LEASES, {"group": group, "member": member})
-            await self._requeue(conn, rows, now, policy, None)
+            await self._requeue(conn, rows, HistoryKind.RELEASED, now, policy, None)
         return len(rows)
 
     async def expire_leases(self, now: float, policy: RetryPolicy) -> frozenset[str]:
         async with self._transaction("expire_leases") as conn:
             rows = await _fetch_all(conn, _LOCK_EXPIRED_LEASES, {"now": now})
-            return await self._requeue(conn, rows, now, policy, None)
+            return await self._requeue(conn, rows, HistoryKind.EXPIRED, now, policy, None)
 
     async def next_due(self, group: str, notify_types: frozenset[str]) -> float | None:
         params = {"group": group, "types": sorted(notify_types)}
@@ -355,8 +398,45 @@ class PostgresStore:
         if batch_size <= 0:
             return 0
         async with self._transaction("purge_settled") as conn:
-            cur = await conn.execute(_PURGE_SETTLED, {"before": before, "limit": batch_size})
-            return cur.rowcount
+            row = await _fetch_one(conn, _PURGE_SETTLED, {"before": before, "limit": batch_size})
+        purged: int = row[0]
+        return purged
+
+    # -- the operator's verbs (postgres_admin.py) -------------------------------------------------
+
+    async def group_stats(
+        self, now: float, groups: Sequence[str], *, count_acked: bool = True
+    ) -> list[GroupStats]:
+        async with self._transaction("group_stats") as conn:
+            return await postgres_admin.group_stats(conn, now, groups, count_acked)
+
+    async def find_notifications(self, key: str, limit: int) -> list[NotificationRecord]:
+        if not key or limit <= 0:
+            return []
+        async with self._transaction("find_notifications") as conn:
+            return await postgres_admin.find_notifications(conn, key, limit)
+
+    async def dead_letters(
+        self, group: str | None, after_id: int, limit: int, *, after_group: str = ""
+    ) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        async with self._transaction("dead_letters") as conn:
+            return await postgres_admin.dead_letters(conn, group, after_id, after_group, limit)
+
+    async def replay(self, group: str, notification_id: int, now: float) -> ActionStatus:
+        async with self._transaction("replay") as conn:
+            status = await postgres_admin.replay(conn, group, notification_id, now)
+            if status is ActionStatus.OK:
+                await self._notify(conn, _group_payloads(self._origin, [group]))
+        return status
+
+    async def replay_since(self, group: str, since: float, now: float) -> int:
+        async with self._transaction("replay_since") as conn:
+            count = await postgres_admin.replay_since(conn, group, since, now)
+            if count:
+                await self._notify(conn, _group_payloads(self._origin, [group]))
+        return count
 
     async def listen(self, on_event: Callable[[StoreEvent], None]) -> None:
         """Start listening for other hubs' events on a dedicated connection, kept until `close()`.
@@ -401,23 +481,25 @@ class PostgresStore:
         self,
         conn: Conn,
         rows: Sequence[Requeued],
+        kind: HistoryKind,
         now: float,
         policy: RetryPolicy,
         delay: float | None,
     ) -> frozenset[str]:
-        """Ended leases: pending again after the delay or backoff, dead when out of attempts.
-
-        Returns the groups that got work back.
+        """Leases ended by `kind`: pending again after the delay or backoff, dead when out of
+        attempts; recorded in the history. Returns the groups that got work back.
         """
         if not rows:
             return frozenset()
-        plans = [_requeue_plan(attempts, now, policy, delay) for _, _, attempts in rows]
+        plans = [_requeue_plan(attempts, now, policy, delay) for _, _, attempts, _ in rows]
         await conn.execute(
             _REQUEUE,
             {
                 "now": now,
-                "groups": [group for group, _, _ in rows],
-                "ids": [nid for _, nid, _ in rows],
+                "kind": kind.value,
+                "groups": [row[0] for row in rows],
+                "ids": [row[1] for row in rows],
+                "members": [row[3] for row in rows],
                 "states": [state for state, _, _ in plans],
                 "available": [at for _, at, _ in plans],
                 "reasons": [reason for _, _, reason in plans],
@@ -576,16 +658,19 @@ async def _group_states(conn: Conn, notification_id: int) -> dict[str, GroupDeli
     return {group: GroupDelivery(DeliveryState(state), attempts) for group, state, attempts in rows}
 
 
-async def _check_lease(conn: Conn, key: Mapping[str, Any], token: str) -> tuple[ActionStatus, int]:
-    """Lock the delivery; OK only while it is leased under `token`. Also returns its attempts."""
+async def _check_lease(
+    conn: Conn, key: Mapping[str, Any], token: str
+) -> tuple[ActionStatus, int, str | None]:
+    """Lock the delivery; OK only while it is leased under `token`. Also returns its attempts and
+    the member holding it."""
     cur = await conn.execute(_LOCK_DELIVERY, key)
     row = await cur.fetchone()
     if row is None:
-        return ActionStatus.UNKNOWN, 0
-    state, lease_token, attempts = row
+        return ActionStatus.UNKNOWN, 0, None
+    state, lease_token, attempts, member = row
     if state != DeliveryState.LEASED or lease_token != token:
-        return ActionStatus.STALE, attempts
-    return ActionStatus.OK, attempts
+        return ActionStatus.STALE, attempts, member
+    return ActionStatus.OK, attempts, member
 
 
 def _append_params(

@@ -28,17 +28,22 @@ from typing import Any, TypeVar
 from paynotify_hub.domain import (
     ActionStatus,
     AppendResult,
+    DeadLetter,
     DeliveryState,
     GroupDelivery,
     GroupSpec,
+    GroupStats,
+    HistoryKind,
     Lease,
     NewNotification,
+    NotificationRecord,
     ReceiptRecord,
     RetryPolicy,
 )
+from paynotify_hub.store import sqlite_admin
 from paynotify_hub.store.base import StoreError, StoreEvent, StoreUnavailable
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +121,32 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         WHERE state = 'leased'
         """,
     ),
+    (
+        # One row per lease and per end of a lease (and per replay), written in the transaction
+        # of the change. No foreign key: purge deletes these rows with their notification.
+        """
+        CREATE TABLE delivery_history (
+            notification_id  INTEGER NOT NULL,
+            group_name       TEXT    NOT NULL,
+            kind             TEXT    NOT NULL,
+            at               REAL    NOT NULL,
+            attempt          INTEGER NOT NULL,
+            member           TEXT    NOT NULL,
+            state            TEXT    NOT NULL,  -- the delivery's state right after the event
+            lease_expires_at REAL,
+            due_at           REAL,
+            detail           TEXT    NOT NULL
+        )
+        """,
+        "CREATE INDEX delivery_history_notification_id ON delivery_history (notification_id)",
+        # Dead letters are few: status counts and the operator lists them without a scan.
+        """
+        CREATE INDEX deliveries_dead ON deliveries (group_name, notification_id)
+        WHERE state = 'dead'
+        """,
+    ),
 )
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 _SELECT_NOTIFICATION = """
     SELECT id, send_count, first_received_at FROM notifications WHERE identity = ?
@@ -163,7 +193,8 @@ _LEASE = """
     WHERE group_name = ? AND notification_id = ?
 """
 _SELECT_DELIVERY = """
-    SELECT state, lease_token, attempts FROM deliveries WHERE group_name = ? AND notification_id = ?
+    SELECT state, lease_token, attempts, lease_member FROM deliveries
+    WHERE group_name = ? AND notification_id = ?
 """
 _ACK = """
     UPDATE deliveries
@@ -185,11 +216,11 @@ _EXTEND = """
     UPDATE deliveries SET lease_expires_at = ? WHERE group_name = ? AND notification_id = ?
 """
 _SELECT_MEMBER_LEASES = """
-    SELECT group_name, notification_id, attempts FROM deliveries
+    SELECT group_name, notification_id, attempts, lease_member FROM deliveries
     WHERE group_name = ? AND state = 'leased' AND lease_member = ?
 """
 _SELECT_EXPIRED_LEASES = """
-    SELECT group_name, notification_id, attempts FROM deliveries
+    SELECT group_name, notification_id, attempts, lease_member FROM deliveries
     WHERE state = 'leased' AND lease_expires_at <= ?
 """
 _NEXT_DUE = """
@@ -206,7 +237,13 @@ _SELECT_PURGEABLE = """
     ORDER BY n.last_received_at
     LIMIT ?
 """
+_INSERT_HISTORY = """
+    INSERT INTO delivery_history (notification_id, group_name, kind, at, attempt, member, state,
+                                  lease_expires_at, due_at, detail)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
 _DELETE_RECEIPTS = "DELETE FROM receipts WHERE notification_id = ?"
+_DELETE_HISTORY = "DELETE FROM delivery_history WHERE notification_id = ?"
 _DELETE_DELIVERIES = "DELETE FROM deliveries WHERE notification_id = ?"
 _DELETE_NOTIFICATION = "DELETE FROM notifications WHERE id = ?"
 _REPORTED_PRAGMAS = ("journal_mode", "synchronous", "busy_timeout", "foreign_keys", "user_version")
@@ -282,8 +319,9 @@ class SQLiteStore:
         )
 
     async def ack(self, group: str, notification_id: int, token: str, now: float) -> ActionStatus:
-        def body(conn: sqlite3.Connection, _attempts: int) -> None:
+        def body(conn: sqlite3.Connection, attempts: int, member: str) -> Row | None:
             conn.execute(_ACK, (now, now, group, notification_id))
+            return _event(notification_id, group, HistoryKind.ACKED, now, attempts, member)
 
         return await self._act("ack", group, notification_id, token, body)
 
@@ -296,31 +334,35 @@ class SQLiteStore:
         delay: float | None,
         policy: RetryPolicy,
     ) -> ActionStatus:
-        def body(conn: sqlite3.Connection, attempts: int) -> None:
-            _requeue_or_bury(conn, group, notification_id, attempts, now, policy, delay)
+        def body(conn: sqlite3.Connection, attempts: int, member: str) -> Row | None:
+            ended = (group, notification_id, attempts, member)
+            return _requeue_or_bury(conn, ended, HistoryKind.NACKED, now, policy, delay)
 
         return await self._act("nack", group, notification_id, token, body)
 
     async def reject(
         self, group: str, notification_id: int, token: str, reason: str, now: float
     ) -> ActionStatus:
-        def body(conn: sqlite3.Connection, _attempts: int) -> None:
+        def body(conn: sqlite3.Connection, attempts: int, member: str) -> Row | None:
             conn.execute(_BURY, (reason, now, group, notification_id))
+            kind = HistoryKind.REJECTED
+            return _event(notification_id, group, kind, now, attempts, member, detail=reason)
 
         return await self._act("reject", group, notification_id, token, body)
 
     async def extend(
         self, group: str, notification_id: int, token: str, lease_expires_at: float
     ) -> ActionStatus:
-        def body(conn: sqlite3.Connection, _attempts: int) -> None:
+        def body(conn: sqlite3.Connection, _attempts: int, _member: str) -> Row | None:
             conn.execute(_EXTEND, (lease_expires_at, group, notification_id))
+            return None  # extensions are not history: the lease's expiry says the last one
 
         return await self._act("extend", group, notification_id, token, body)
 
     async def release(self, group: str, member: str, now: float, policy: RetryPolicy) -> int:
         def body(conn: sqlite3.Connection) -> int:
             rows = conn.execute(_SELECT_MEMBER_LEASES, (group, member)).fetchall()
-            _requeue_all(conn, rows, now, policy)
+            _requeue_all(conn, rows, HistoryKind.RELEASED, now, policy)
             return len(rows)
 
         return await self._run("release", body)
@@ -328,7 +370,7 @@ class SQLiteStore:
     async def expire_leases(self, now: float, policy: RetryPolicy) -> frozenset[str]:
         def body(conn: sqlite3.Connection) -> frozenset[str]:
             rows = conn.execute(_SELECT_EXPIRED_LEASES, (now,)).fetchall()
-            return frozenset(_requeue_all(conn, rows, now, policy))
+            return frozenset(_requeue_all(conn, rows, HistoryKind.EXPIRED, now, policy))
 
         return await self._run("expire_leases", body)
 
@@ -350,6 +392,47 @@ class SQLiteStore:
     async def listen(self, on_event: Callable[[StoreEvent], None]) -> None:
         """Nothing to do: a SQLite file has one hub, so no other hub makes changes."""
 
+    # -- the operator's verbs (sqlite_admin.py) ---------------------------------------------------
+
+    async def group_stats(
+        self, now: float, groups: Sequence[str], *, count_acked: bool = True
+    ) -> list[GroupStats]:
+        return await self._run(
+            "group_stats",
+            lambda c: sqlite_admin.group_stats(c, now, groups, count_acked),
+            write=False,
+        )
+
+    async def find_notifications(self, key: str, limit: int) -> list[NotificationRecord]:
+        if not key or limit <= 0:
+            return []
+        return await self._run(
+            "find_notifications",
+            lambda c: sqlite_admin.find_notifications(c, key, limit),
+            write=False,
+        )
+
+    async def dead_letters(
+        self, group: str | None, after_id: int, limit: int, *, after_group: str = ""
+    ) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        return await self._run(
+            "dead_letters",
+            lambda c: sqlite_admin.dead_letters(c, group, after_id, after_group, limit),
+            write=False,
+        )
+
+    async def replay(self, group: str, notification_id: int, now: float) -> ActionStatus:
+        return await self._run(
+            "replay", lambda c: sqlite_admin.replay(c, group, notification_id, now)
+        )
+
+    async def replay_since(self, group: str, since: float, now: float) -> int:
+        return await self._run(
+            "replay_since", lambda c: sqlite_admin.replay_since(c, group, since, now)
+        )
+
     async def pragmas(self) -> dict[str, str | int]:
         """The connection's journal, durability and schema settings, for status and tests."""
         return await self._run("pragmas", _read_pragmas, write=False)
@@ -360,18 +443,21 @@ class SQLiteStore:
         group: str,
         notification_id: int,
         token: str,
-        act: Callable[[sqlite3.Connection, int], None],
+        act: Callable[[sqlite3.Connection, int, str], Row | None],
     ) -> ActionStatus:
-        """Run `act` (given the attempts so far) only if `token` names the live lease."""
+        """Run `act` (given the attempts so far and the lease's member) only if `token` names the
+        live lease; record the history event it returns."""
 
         def body(conn: sqlite3.Connection) -> ActionStatus:
             row = conn.execute(_SELECT_DELIVERY, (group, notification_id)).fetchone()
             if row is None:
                 return ActionStatus.UNKNOWN
-            state, lease_token, attempts = row
+            state, lease_token, attempts, member = row
             if state != DeliveryState.LEASED or lease_token != token:
                 return ActionStatus.STALE
-            act(conn, int(attempts))
+            event = act(conn, int(attempts), member or "")
+            if event is not None:
+                conn.execute(_INSERT_HISTORY, event)
             return ActionStatus.OK
 
         return await self._run(op, body)
@@ -548,6 +634,11 @@ def _claim(
     conn.executemany(
         _LEASE, [(x.token, member, expires, now, group, x.notification_id) for x in leases]
     )
+    leased = HistoryKind.LEASED
+    conn.executemany(
+        _INSERT_HISTORY,
+        [_event(x.notification_id, group, leased, now, x.attempt, member, expires) for x in leases],
+    )
     return leases
 
 
@@ -567,38 +658,71 @@ def _lease_of(group: str, row: Row, token: str, expires: float) -> Lease:
 
 
 def _requeue_all(
-    conn: sqlite3.Connection, rows: Sequence[Row], now: float, policy: RetryPolicy
+    conn: sqlite3.Connection,
+    rows: Sequence[Row],
+    kind: HistoryKind,
+    now: float,
+    policy: RetryPolicy,
 ) -> list[str]:
-    """Requeue (or bury) leased (group, id, attempts) rows; returns the groups of requeued ones."""
-    requeued = []
-    for group, nid, attempts in rows:
-        state = _requeue_or_bury(conn, group, nid, int(attempts), now, policy, None)
-        if state is DeliveryState.PENDING:
-            requeued.append(str(group))
-    return requeued
+    """Requeue (or bury) leased (group, id, attempts, member) rows whose lease ended by `kind`;
+    returns the groups of requeued ones."""
+    events = [_requeue_or_bury(conn, row, kind, now, policy, None) for row in rows]
+    conn.executemany(_INSERT_HISTORY, events)
+    return [str(e[1]) for e in events if e[6] == DeliveryState.PENDING]
 
 
 def _requeue_or_bury(
     conn: sqlite3.Connection,
-    group: str,
-    notification_id: int,
-    attempts: int,
+    ended: Row,
+    kind: HistoryKind,
     now: float,
     policy: RetryPolicy,
     delay: float | None,
-) -> DeliveryState:
+) -> Row:
+    """Pending again after the backoff, or dead when out of attempts; returns the history event."""
+    group, notification_id, attempts, member = ended
+    attempts = int(attempts)
     if attempts >= policy.max_attempts:
         reason = f"max attempts reached ({attempts})"
         conn.execute(_BURY, (reason, now, group, notification_id))
-        return DeliveryState.DEAD
-    wait = policy.backoff(attempts) if delay is None else delay
-    conn.execute(_REQUEUE, (now + wait, now, group, notification_id))
-    return DeliveryState.PENDING
+        return _event(notification_id, group, kind, now, attempts, member, detail=reason)
+    due = now + (policy.backoff(attempts) if delay is None else delay)
+    conn.execute(_REQUEUE, (due, now, group, notification_id))
+    state = DeliveryState.PENDING
+    return _event(notification_id, group, kind, now, attempts, member, state=state, due=due)
+
+
+_STATE_AFTER = {
+    HistoryKind.LEASED: DeliveryState.LEASED,
+    HistoryKind.ACKED: DeliveryState.ACKED,
+    HistoryKind.REPLAYED: DeliveryState.PENDING,
+}
+
+
+def _event(
+    notification_id: int,
+    group: str,
+    kind: HistoryKind,
+    at: float,
+    attempt: int,
+    member: str | None,
+    expires: float | None = None,
+    *,
+    state: DeliveryState | None = None,
+    due: float | None = None,
+    detail: str = "",
+) -> Row:
+    """A delivery_history row; the state after the event defaults to the one `kind` implies."""
+    after = state or _STATE_AFTER.get(kind, DeliveryState.DEAD)
+    return (
+        notification_id, group, kind.value, at, attempt, member or "", after.value, expires, due,
+        detail,
+    )  # fmt: skip
 
 
 def _purge(conn: sqlite3.Connection, before: float, batch_size: int) -> int:
     ids = [(nid,) for (nid,) in conn.execute(_SELECT_PURGEABLE, (before, batch_size)).fetchall()]
-    for statement in (_DELETE_RECEIPTS, _DELETE_DELIVERIES, _DELETE_NOTIFICATION):
+    for statement in (_DELETE_RECEIPTS, _DELETE_HISTORY, _DELETE_DELIVERIES, _DELETE_NOTIFICATION):
         conn.executemany(statement, ids)
     return len(ids)
 

@@ -1,0 +1,1 @@
+"""Admin tests: a real hub (grpc.aio on port 0, a real SQLite file) with the HubAdmin service."""
