@@ -30,12 +30,19 @@ class Actions:
     clock: Callable[[], float]
     settles: SettleSignals
     wakeups: GroupWakeups
+    # Told (group, first received at) for every ack that landed: the ack latency metric.
+    on_ack: Callable[[str, float], None] | None = None
 
     async def ack(self, member: Member, delivery_id: str) -> ActionStatus:
         def call(nid: int, token: str) -> Awaitable[ActionStatus]:
             return self.store.ack(member.group, nid, token, self.clock())
 
-        return await self._act("ack", member, delivery_id, call, settles=True)
+        key = parse_delivery_id(delivery_id)
+        received = member.first_received_at(key) if key is not None else None
+        status = await self._act("ack", member, delivery_id, call, settles=True)
+        if status is ActionStatus.OK and received is not None and self.on_ack is not None:
+            self.on_ack(member.group, received)
+        return status
 
     async def nack(self, member: Member, delivery_id: str, delay: float | None) -> ActionStatus:
         if delay is not None:

@@ -97,6 +97,10 @@ class Broker:
         """The streams open on this hub now (for status pages; read, do not change)."""
         return self._wakeups.members()
 
+    def observe_acks(self, observer: Callable[[str, float], None]) -> None:
+        """Call `observer(group, first_received_at)` for every ack that lands on this hub."""
+        self._actions.on_ack = observer
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:

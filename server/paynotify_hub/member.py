@@ -59,6 +59,8 @@ class Member:
         self.id = member_id
         self.settings = settings
         self._in_flight: dict[DeliveryKey, float] = {}
+        # When Alipay first sent each held notification, for the ack latency metric.
+        self._received: dict[DeliveryKey, float] = {}
         self._outbound: asyncio.Queue[Lease | None] = asyncio.Queue()
         self._news = asyncio.Event()
         self._drained = asyncio.Event()
@@ -79,7 +81,9 @@ class Member:
 
     def hand_out(self, leases: Sequence[Lease]) -> None:
         for lease in leases:
-            self._in_flight[(lease.notification_id, lease.token)] = lease.lease_expires_at
+            key = (lease.notification_id, lease.token)
+            self._in_flight[key] = lease.lease_expires_at
+            self._received[key] = lease.first_received_at
             self._outbound.put_nowait(lease)
         self._update_drained()
 
@@ -88,9 +92,13 @@ class Member:
 
     def settle(self, key: DeliveryKey) -> None:
         """The member acted on `key` (or learnt it is stale): its slot is free."""
+        self._received.pop(key, None)
         if self._in_flight.pop(key, None) is not None:
             self._update_drained()
             self.wake()
+
+    def first_received_at(self, key: DeliveryKey) -> float | None:
+        return self._received.get(key)
 
     def extended(self, key: DeliveryKey, lease_expires_at: float) -> None:
         if key in self._in_flight:
