@@ -175,15 +175,18 @@ class StreamingPull:
 
     def _dispatch(self, message: Message, outbox: Outbox) -> None:
         if self._closing.is_set():
-            message.nack(0.0)  # closing: let another member have it at once
+            # Not nacked: a nack frees this stream's slot and the hub would lease the next
+            # delivery (or this one again) to this closing stream at once, spending an attempt
+            # per round trip until it is dead-lettered unseen. Left unsettled it keeps its slot;
+            # the hub releases it to the group when close() ends the stream.
+            logger.debug("closing: delivery %s left for the hub to release", message.delivery_id)
             return
         with self._idle:
             self._busy += 1
         try:
             self._executor.submit(self._run_callback, message, outbox)
-        except RuntimeError:  # the executor is shut down: we are closing
+        except RuntimeError:  # the executor is shut down: we are closing; no nack, as above
             self._callback_done()
-            message.nack(0.0)
 
     def _on_action_results(self, results: Sequence[hub_pb2.ActionResult], outbox: Outbox) -> None:
         outbox.answered(len(results))
@@ -208,7 +211,7 @@ class StreamingPull:
         self._local.in_callback = True
         try:
             if self._closing.is_set():
-                message.nack(0.0)
+                logger.debug("closing: delivery %s left for the hub", message.delivery_id)
             elif outbox.closed:
                 logger.debug("delivery %s of an ended stream skipped", message.delivery_id)
             else:
@@ -227,7 +230,9 @@ class StreamingPull:
     def close(self, timeout: float) -> None:
         """Stop taking deliveries, wait (at most `timeout` s in all) for running callbacks and for
         the hub to answer their actions, then end the stream and close the channel. Deliveries that
-        arrive meanwhile, or wait for a callback thread, are nacked for immediate redelivery.
+        arrive meanwhile, or wait for a callback thread, are left unsettled: the hub releases them
+        to the group's other members when the stream ends (nacking them would have the hub lease
+        them straight back to this closing stream, an attempt spent each time).
         """
         if getattr(self._local, "in_callback", False):
             # Waiting for callbacks to finish from inside one would wait for ourselves.
