@@ -17,6 +17,13 @@ Hubs
     "pos:required:OFFLINE_PAYMENT_CODE". `overrides` are `HubConfig` fields; FAST_SETTINGS (short
     polls and backoffs) apply unless overridden.
 
+Security (all optional; without them the hub is plaintext on loopback with no token, as before)
+    async with running_hub(tmp_path, tls=TlsFiles(cert, key, client_ca),
+                           tokens={"publisher": P, "subscriber:billing": S, "admin": A}) as hub:
+    with hub_process(tmp_path, tls=TlsFiles(...), tokens={...}) as proc:   # as flags and files
+    publish(address, n, credentials=grpc.ssl_channel_credentials(ca), token=P)
+    async with raw_subscriber(address, "billing", credentials=..., token=S) as sub:
+
 Notifications
     n = make_notification(payment_id="P1", status="S")       # typed proto with a realistic raw_json
     response = publish(address, n, timeout=2.0)              # sync; `publish_async` in a loop
@@ -43,7 +50,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,10 +68,11 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from paynotify.v1 import hub_pb2, hub_pb2_grpc, notification_pb2
-from paynotify_hub.config import HubConfig, parse_group
+from paynotify_hub.config import HubConfig, TlsFiles, parse_group
 from paynotify_hub.domain import GroupSpec, RetryPolicy
 from paynotify_hub.server import Hub, create_server
 from paynotify_hub.store import Store, open_store
+from paynotify_hub.tokens import Credential, Secret, TokenTable, parse_principal
 
 __all__ = [
     "FAST_FLAGS",
@@ -65,6 +81,8 @@ __all__ = [
     "RawSubscriber",
     "RunningHub",
     "ThreadedHub",
+    "aio_channel",
+    "bearer",
     "free_port",
     "hub_config",
     "hub_in_thread",
@@ -74,6 +92,7 @@ __all__ = [
     "publish",
     "publish_async",
     "raw_subscriber",
+    "token_table",
 ]
 
 T = TypeVar("T")
@@ -88,6 +107,7 @@ FAST_SETTINGS: dict[str, Any] = {
     "default_ack_deadline": 10.0,
     "shutdown_grace": 1.0,
     "store_timeout": 5.0,
+    "admin_refresh_interval": 0.1,
 }
 # The same for `hub_process` (flags of `paynotify hub`).
 FAST_FLAGS: tuple[str, ...] = (
@@ -109,6 +129,18 @@ def _group_specs(groups: GroupsArg) -> tuple[GroupSpec, ...]:
     return tuple(g if isinstance(g, GroupSpec) else parse_group(g) for g in groups)
 
 
+def token_table(tokens: Mapping[str, str] | TokenTable) -> TokenTable:
+    """{"publisher": T, "subscriber:billing": T, "admin": T} as the hub's TokenTable."""
+    if isinstance(tokens, TokenTable):
+        return tokens
+    return TokenTable(
+        tuple(
+            Credential(parse_principal(role), Secret(token), f"test {role}")
+            for role, token in tokens.items()
+        )
+    )
+
+
 def hub_config(
     tmp_path: Path,
     groups: GroupsArg = ("billing",),
@@ -116,7 +148,10 @@ def hub_config(
     store_url: str | None = None,
     **overrides: Any,
 ) -> HubConfig:
-    """A HubConfig on 127.0.0.1:0 and `tmp_path/hub.db`, with FAST_SETTINGS and `overrides`."""
+    """A HubConfig on 127.0.0.1:0 and `tmp_path/hub.db`, with FAST_SETTINGS and `overrides`
+    (`tokens` may be a mapping role -> token, see `token_table`)."""
+    if "tokens" in overrides:
+        overrides["tokens"] = token_table(overrides["tokens"])
     settings: dict[str, Any] = {
         **FAST_SETTINGS,
         "listen": "127.0.0.1:0",
@@ -318,13 +353,17 @@ def hub_process(
     fast: bool = True,
     env: dict[str, str] | None = None,
     log_level: str = "INFO",
+    tls: TlsFiles | None = None,
+    tokens: Mapping[str, str] | None = None,
 ) -> Iterator[HubProcess]:
     """Start `paynotify hub` as a subprocess, wait (bounded) until it listens, kill it on exit.
 
     `groups` are flag texts (or GroupSpecs named by their flag text); `extra_args` go last, so they
-    win over FAST_FLAGS. Its output lands in `tmp_path/hub-N.out|err`.
+    win over FAST_FLAGS. Its output lands in `tmp_path/hub-N.out|err`. `tls` and `tokens` (role ->
+    token, written to files under `tmp_path/tokens`) become the hub's security flags.
     """
     tmp_path.mkdir(parents=True, exist_ok=True)
+    extra_args = (*_security_flags(tmp_path, tls, tokens or {}), *extra_args)
     port = free_port()
     store_url = store_url or f"sqlite:///{tmp_path / 'hub.db'}"
     args = [sys.executable, "-m", "paynotify_cli.main", "--log-level", log_level, "hub"]
@@ -339,6 +378,26 @@ def hub_process(
         yield proc
     finally:
         proc.kill()
+
+
+def _security_flags(tmp_path: Path, tls: TlsFiles | None, tokens: Mapping[str, str]) -> list[str]:
+    flags: list[str] = []
+    if tls is not None:
+        flags += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+        if tls.client_ca is not None:
+            flags += ["--tls-client-ca", str(tls.client_ca)]
+    folder = tmp_path / "tokens"
+    for number, (role, token) in enumerate(tokens.items()):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"token-{number}"
+        path.touch(mode=0o600)
+        path.write_text(token + "\n")
+        principal = parse_principal(role)
+        if principal.group:
+            flags += ["--subscriber-token-file", f"{principal.group}={path}"]
+        else:
+            flags += [f"--{principal.role}-token-file", str(path)]
+    return flags
 
 
 def _group_flag(spec: GroupSpec) -> str:
@@ -425,17 +484,42 @@ def _publish_request(
     return hub_pb2.PublishRequest(notification=notification, receipt=receipt)
 
 
+def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata carrying `token` (none without one)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 def publish(
     address: str,
     notification: notification_pb2.PaymentNotification,
     timeout: float = 5.0,
     *,
     request_id: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
+    token: str | None = None,
 ) -> hub_pb2.PublishResponse:
-    """One Publish with `timeout` as the gRPC deadline, from synchronous code."""
-    with grpc.insecure_channel(address) as channel:
+    """One Publish with `timeout` as the gRPC deadline, from synchronous code (over TLS with
+    `credentials`, with `token` as its bearer token)."""
+    channel = (
+        grpc.secure_channel(address, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(address)
+    )
+    with channel:
         stub = hub_pb2_grpc.NotificationHubStub(channel)
-        return stub.Publish(_publish_request(notification, request_id), timeout=timeout)
+        request = _publish_request(notification, request_id)
+        return stub.Publish(request, timeout=timeout, metadata=bearer(token))
+
+
+def aio_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """A grpc.aio channel to `address`: TLS with `credentials`, else plaintext."""
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, list(options))
+    return grpc.aio.insecure_channel(address, list(options))
 
 
 async def publish_async(
@@ -444,11 +528,15 @@ async def publish_async(
     timeout: float = 5.0,  # noqa: ASYNC109 (the gRPC deadline of the call)
     *,
     request_id: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
+    token: str | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> hub_pb2.PublishResponse:
     """One Publish with `timeout` as the gRPC deadline, from async code."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with aio_channel(address, credentials, options) as channel:
         stub = hub_pb2_grpc.NotificationHubStub(channel)
-        return await stub.Publish(_publish_request(notification, request_id), timeout=timeout)
+        request = _publish_request(notification, request_id)
+        return await stub.Publish(request, timeout=timeout, metadata=bearer(token))
 
 
 # -- a raw subscriber -----------------------------------------------------------------------------
@@ -466,8 +554,9 @@ class RawSubscriber:
     Every delivery received is also kept in `received` (in arrival order).
     """
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]] = ()) -> None:
         self._channel = channel
+        self._metadata = tuple(metadata)
         self._outbox: asyncio.Queue[hub_pb2.SubscribeRequest | None] = asyncio.Queue()
         self._deliveries: asyncio.Queue[hub_pb2.Delivery] = asyncio.Queue()
         self._results: asyncio.Queue[hub_pb2.ActionResult] = asyncio.Queue()
@@ -486,7 +575,9 @@ class RawSubscriber:
 
     async def _start(self, first: hub_pb2.SubscribeRequest) -> None:
         self._outbox.put_nowait(first)
-        self._call = hub_pb2_grpc.NotificationHubStub(self._channel).Subscribe(self._requests())
+        self._call = hub_pb2_grpc.NotificationHubStub(self._channel).Subscribe(
+            self._requests(), metadata=self._metadata
+        )
         self._reader = asyncio.create_task(self._read())
         await asyncio.wait_for(self._first.wait(), START_TIMEOUT)
 
@@ -632,15 +723,18 @@ async def raw_subscriber(
     notify_types: Sequence[str] = (),
     first: hub_pb2.SubscribeRequest | None = None,
     expect_open: bool = True,
+    credentials: grpc.ChannelCredentials | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[RawSubscriber]:
     """A Subscribe stream opened on `group` (or starting with `first`); cancelled on exit.
 
     With `expect_open` (default) an open the hub refuses raises AssertionError with the status; pass
-    False to inspect `sub.code` / `await sub.wait_closed()` yourself.
+    False to inspect `sub.code` / `await sub.wait_closed()` yourself. `credentials`: over TLS;
+    `token`: sent as the bearer token.
     """
     request = first or open_request(group, client_id, max_in_flight, ack_deadline, notify_types)
-    async with grpc.aio.insecure_channel(address) as channel:
-        sub = RawSubscriber(channel)
+    async with aio_channel(address, credentials) as channel:
+        sub = RawSubscriber(channel, bearer(token))
         await sub._start(request)
         if expect_open and sub.opened is None:
             await sub.wait_closed()

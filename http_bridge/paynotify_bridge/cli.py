@@ -7,17 +7,21 @@ port 0):
 
 Stopping drains: the listening socket closes at once, requests in progress get up to
 publish-timeout + DRAIN_GRACE seconds to finish, then the process exits 0.
+
+To a hub with TLS and tokens (docs/security.md): `--hub-tls-ca ca.pem [--hub-tls-cert bridge.pem
+--hub-tls-key bridge.key] --hub-token-file publisher.token` (or the token in PAYNOTIFY_HUB_TOKEN).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -32,11 +36,18 @@ from paynotify_bridge.app import RequestVerifier, UnverifiedRequests, create_app
 from paynotify_bridge.config import BridgeConfig, ConfigError, parse_hubs, parse_key_source
 from paynotify_bridge.publisher import HubPublisher
 from paynotify_bridge.signature import KeyLoadError, Verifier, load_public_key
+from paynotify_client.credentials import (
+    CredentialsError,
+    read_token_file,
+    tls_credentials,
+    warn_plaintext_token,
+)
 
 __all__ = [
     "LISTENING_PREFIX",
     "BridgeServer",
     "add_arguments",
+    "build_publisher",
     "build_verifier",
     "config_from_args",
     "run",
@@ -52,6 +63,8 @@ LOOP_TIMEOUT: Final = 0.5
 DRAIN_GRACE: Final = 2.0
 EXIT_CONFIG: Final = 2
 EXIT_STARTUP: Final = 1
+# The publisher token as a value in the environment (--hub-token-file is preferred).
+ENV_HUB_TOKEN: Final = "PAYNOTIFY_HUB_TOKEN"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,10 +129,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="LOCAL DEVELOPMENT ONLY: accept unsigned requests (loopback --listen only)",
     )
+    _add_hub_security_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> BridgeConfig:
-    """The `BridgeConfig` of parsed flags; raises `ConfigError` with the flag at fault."""
+def _add_hub_security_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--hub-tls", action="store_true", help="connect to the hub over TLS (the system's CAs)")
+    add("--hub-tls-ca", type=Path, metavar="FILE", help="connect to the hub over TLS: its CA (PEM)")
+    add("--hub-tls-cert", type=Path, metavar="FILE", help="mutual TLS: the bridge's certificate")
+    add("--hub-tls-key", type=Path, metavar="FILE", help="mutual TLS: the bridge's private key")
+    add(
+        "--hub-tls-server-name",
+        metavar="NAME",
+        help="the name in the hub's certificate, when it is not the --hub host",
+    )
+    add(
+        "--hub-token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"the publisher token for the hub (or the token itself in {ENV_HUB_TOKEN})",
+    )
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> BridgeConfig:
+    """The `BridgeConfig` of parsed flags (the hub token also from `environ`, default
+    os.environ); raises `ConfigError` with the flag at fault."""
     return BridgeConfig(
         listen=args.listen,
         path=args.path,
@@ -132,6 +168,41 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         connection_limit=args.connection_limit,
         channel_timeout=args.channel_timeout,
         insecure_skip_verification=args.insecure_skip_signature_check,
+        hub_tls=args.hub_tls,
+        hub_tls_ca=args.hub_tls_ca,
+        hub_tls_cert=args.hub_tls_cert,
+        hub_tls_key=args.hub_tls_key,
+        hub_tls_server_name=args.hub_tls_server_name or None,
+        hub_token=_hub_token(args.hub_token_file, os.environ if environ is None else environ),
+    )
+
+
+def _hub_token(path: Path | None, environ: Mapping[str, str]) -> str | None:
+    if path is None:
+        return environ.get(ENV_HUB_TOKEN) or None
+    try:
+        return read_token_file(path)
+    except CredentialsError as exc:
+        raise ConfigError(f"--hub-token-file: {exc}") from None
+
+
+def build_publisher(config: BridgeConfig) -> HubPublisher:
+    """The hub publisher of `config`: TLS and token as configured."""
+    credentials = None
+    if config.hub_uses_tls:
+        try:
+            credentials = tls_credentials(
+                config.hub_tls_ca, config.hub_tls_cert, config.hub_tls_key
+            )
+        except CredentialsError as exc:
+            raise ConfigError(f"--hub-tls-*: {exc}") from None
+    warn_plaintext_token(",".join(config.hubs), credentials is not None, config.hub_token)
+    return HubPublisher(
+        config.hubs,
+        config.publish_timeout,
+        credentials=credentials,
+        server_name=config.hub_tls_server_name,
+        token=config.hub_token,
     )
 
 
@@ -240,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         verifier = build_verifier(config)
-        publisher = HubPublisher(config.hubs, config.publish_timeout)
+        publisher = build_publisher(config)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"paynotify bridge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -258,9 +329,11 @@ def _serve(config: BridgeConfig, verifier: RequestVerifier, publisher: HubPublis
         return EXIT_STARTUP
     _install_signal_handlers(server.stop)
     logger.info(
-        "bridge serving POST %s, publishing to %s (timeout %ss, %d threads)",
+        "bridge serving POST %s, publishing to %s (%s, %s; timeout %ss, %d threads)",
         config.path,
         ",".join(config.hubs),
+        _hub_transport(config),
+        "with a publisher token" if config.hub_token else "no token",
         config.publish_timeout,
         config.threads,
     )
@@ -268,6 +341,12 @@ def _serve(config: BridgeConfig, verifier: RequestVerifier, publisher: HubPublis
     server.serve()
     logger.info("bridge stopped")
     return 0
+
+
+def _hub_transport(config: BridgeConfig) -> str:
+    if not config.hub_uses_tls:
+        return "plaintext"
+    return "mutual TLS" if config.hub_tls_cert else "TLS"
 
 
 def _install_signal_handlers(stop: Callable[[], None]) -> None:

@@ -82,6 +82,16 @@ class BridgeConfig:
     channel_timeout: int = DEFAULT_CHANNEL_TIMEOUT
     # Local development only: accept unsigned requests. Logged loudly at start and on every request.
     insecure_skip_verification: bool = False
+    # The hub over TLS when `hub_tls` or `hub_tls_ca` (None: the system's CAs) is set; with cert
+    # and key, mutual TLS (docs/security.md).
+    hub_tls: bool = False
+    hub_tls_ca: Path | None = None
+    hub_tls_cert: Path | None = None
+    hub_tls_key: Path | None = None
+    # The name in the hub's certificate when it differs from the --hub host (e.g. several hubs).
+    hub_tls_server_name: str | None = None
+    # The publisher token, sent with every Publish; never in repr, logs or errors.
+    hub_token: str | None = field(default=None, repr=False)
     host: str = field(init=False)
     port: int = field(init=False)
 
@@ -102,10 +112,15 @@ class BridgeConfig:
             _check_insecure_listen(host)
         else:
             _check_verification(self.public_keys, self.client_ids)
+        _check_hub_tls(self)
 
     @property
     def listens_on_loopback(self) -> bool:
         return is_loopback(self.host)
+
+    @property
+    def hub_uses_tls(self) -> bool:
+        return self.hub_tls or self.hub_tls_ca is not None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -164,6 +179,18 @@ def _check_hubs(hubs: Sequence[str]) -> None:
 def _check_range(flag: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ConfigError(f"{flag} {value}: must be between {low} and {high}")
+
+
+def _check_hub_tls(config: BridgeConfig) -> None:
+    if (config.hub_tls_cert is None) != (config.hub_tls_key is None):
+        raise ConfigError("--hub-tls-cert and --hub-tls-key: give both (mutual TLS) or neither")
+    if not config.hub_uses_tls and (config.hub_tls_cert or config.hub_tls_server_name):
+        raise ConfigError(
+            "--hub-tls-cert, --hub-tls-key and --hub-tls-server-name need --hub-tls-ca "
+            "(or --hub-tls)"
+        )
+    if config.hub_token is not None and not config.hub_token:
+        raise ConfigError("--hub-token-file: the token is empty")
 
 
 def _check_insecure_listen(host: str) -> None:

@@ -3,7 +3,8 @@
 One long-lived, thread-safe gRPC channel serves every waitress thread. With several hubs it balances
 round-robin over all of them and retries a call that failed with UNAVAILABLE (a hub that went away),
 so one dead hub does not fail requests while another is up. Publish is safe to retry: the hub stores
-a notification once per identity.
+a notification once per identity. With `credentials` the channel is TLS (mutual TLS when they hold a
+client certificate); `token` goes with every Publish as `authorization: Bearer <token>`.
 
     outcome / status                       -> result
     ACKNOWLEDGED, ALREADY_ACKNOWLEDGED     -> PublishResult (the bridge answers SUCCESS)
@@ -39,6 +40,10 @@ RETRY_MAX_ATTEMPTS: Final = 4
 # Reconnect to a hub that went away quickly: a restarted hub is back within seconds.
 RECONNECT_BACKOFF_MS: Final = 200
 RECONNECT_MAX_BACKOFF_MS: Final = 2000
+# Ping each hub this often (the hub accepts one every 10 s); drop a connection whose ping is
+# unanswered after PING_TIMEOUT_MS (gRPC's own ping timeout is a minute).
+KEEPALIVE_TIME_MS: Final = 15_000
+PING_TIMEOUT_MS: Final = 5_000
 
 _ACKED: Final = frozenset(
     {
@@ -46,6 +51,7 @@ _ACKED: Final = frozenset(
         hub_pb2.PublishOutcome.PUBLISH_OUTCOME_ALREADY_ACKNOWLEDGED,
     }
 )
+_REFUSED: Final = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 _SETTLED: Final = frozenset(
     {hub_pb2.DeliveryState.DELIVERY_STATE_ACKED, hub_pb2.DeliveryState.DELIVERY_STATE_DEAD}
 )
@@ -110,23 +116,49 @@ def _resolve(hub: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, i
 
 
 class HubPublisher:
-    """Publishes to the hub over one shared channel; safe to call from many threads."""
+    """Publishes to the hub over one shared channel; safe to call from many threads.
 
-    def __init__(self, hubs: Sequence[str], timeout: float) -> None:
+    credentials: TLS channel credentials (None: plaintext); server_name: the name to verify in the
+    hub's certificate when it is not the --hub host (with several hubs the target holds addresses).
+    token: the publisher token, sent with each Publish.
+    """
+
+    def __init__(
+        self,
+        hubs: Sequence[str],
+        timeout: float,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+    ) -> None:
         if not hubs:
             raise ValueError("at least one hub address is needed")
         self.hubs = tuple(hubs)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            channel_target(self.hubs),
-            options=[
-                ("grpc.service_config", service_config()),
-                ("grpc.lb_policy_name", "round_robin"),
-                ("grpc.enable_retries", 1),
-                ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
-                ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_BACKOFF_MS),
-                ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
-            ],
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options: list[tuple[str, str | int]] = [
+            ("grpc.service_config", service_config()),
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.enable_retries", 1),
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            # A hub that stops answering without closing its connections (host down, partition,
+            # frozen process) is found by pings; round-robin then skips it.
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", PING_TIMEOUT_MS),
+            ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        target = channel_target(self.hubs)
+        self._channel = (
+            grpc.secure_channel(target, credentials, options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options)
         )
         self._stub = hub_pb2_grpc.NotificationHubStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -137,7 +169,7 @@ class HubPublisher:
         """Store and wait for the acks within `timeout` seconds; raise `PublishFailed` otherwise."""
         request = hub_pb2.PublishRequest(notification=notification, receipt=receipt)
         try:
-            response = self._stub.Publish(request, timeout=self.timeout)
+            response = self._stub.Publish(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _failure_of(exc) from None
         return _result_of(response)
@@ -190,6 +222,14 @@ def _failure_of(exc: grpc.RpcError) -> HubUnavailable | NotAcknowledged:
     code = _code(exc)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return NotAcknowledged()
+    if code in _REFUSED:
+        logger.error(
+            "the hub refused the bridge's credential (%s: %s): check --hub-token-file and the "
+            "hub's --publisher-token-file",
+            code.name if code else "error",
+            _details(exc),
+        )
+        return HubUnavailable()
     logger.warning("Publish failed: %s %s", code.name if code else "error", _details(exc))
     return HubUnavailable()
 

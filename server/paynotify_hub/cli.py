@@ -2,6 +2,12 @@
 
 Prints one machine-readable line to stdout once it listens (tests and scripts wait for it):
 `paynotify-hub listening on HOST:PORT`.
+
+Security (docs/security.md): `--tls-cert/--tls-key [--tls-client-ca]` serve TLS (mutual with a
+client CA); without TLS the hub listens beyond loopback only with `--insecure-plaintext`. Tokens per
+role come from files (`--publisher-token-file`, `--subscriber-token-file GROUP=FILE`,
+`--admin-token-file`, each repeatable for rotation) or from PAYNOTIFY_PUBLISHER_TOKEN,
+PAYNOTIFY_ADMIN_TOKEN and PAYNOTIFY_SUBSCRIBER_TOKEN=GROUP=TOKEN[,...].
 """
 
 from __future__ import annotations
@@ -9,9 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import grpc
 
 from paynotify_hub.config import (
     DEFAULT_ACK_DEADLINE,
@@ -23,12 +33,24 @@ from paynotify_hub.config import (
     POLL_INTERVAL,
     SHUTDOWN_GRACE,
     HubConfig,
+    TlsFiles,
+    check_transport,
     parse_group,
 )
 from paynotify_hub.domain import GroupSpec, RetryPolicy
-from paynotify_hub.errors import HubError
+from paynotify_hub.errors import ConfigError, HubError
 from paynotify_hub.server import create_server
 from paynotify_hub.store import StoreError, open_store
+from paynotify_hub.tls import server_credentials
+from paynotify_hub.tokens import (
+    Credential,
+    Principal,
+    Role,
+    TokenTable,
+    parse_principal,
+    read_token_file,
+    tokens_from_env,
+)
 
 __all__ = ["add_arguments", "build_config", "run"]
 
@@ -116,6 +138,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--shutdown-grace", type=float, default=SHUTDOWN_GRACE,
         help=f"seconds for acks to land on SIGTERM (default {SHUTDOWN_GRACE:g})")  # fmt: skip
+    _add_security_arguments(parser)
+
+
+def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--tls-cert", type=Path, metavar="FILE", help="serve TLS: certificate chain (PEM)")
+    add("--tls-key", type=Path, metavar="FILE", help="serve TLS: private key (PEM, chmod 600)")
+    add(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="mutual TLS: only clients with a certificate signed by this CA (PEM) may connect",
+    )
+    add(
+        "--insecure-plaintext",
+        action="store_true",
+        help="serve plaintext gRPC beyond loopback (tokens and payments readable on the network)",
+    )
+    add(
+        "--publisher-token-file",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="a token of the bridge (may Publish); repeatable, to rotate",
+    )
+    add(
+        "--subscriber-token-file",
+        action="append",
+        default=[],
+        metavar="GROUP=FILE",
+        help="a token of GROUP's subscribers (may Subscribe to GROUP only); repeatable",
+    )
+    add(
+        "--admin-token-file",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="a token of operators (may call the admin RPCs only); repeatable, to rotate",
+    )
 
 
 def _group_arg(text: str) -> GroupSpec:
@@ -125,8 +188,9 @@ def _group_arg(text: str) -> GroupSpec:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def build_config(args: argparse.Namespace) -> HubConfig:
-    """HubConfig from parsed flags; raises ConfigError with a message for the operator."""
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> HubConfig:
+    """HubConfig from parsed flags (token values also from `environ`, default os.environ); raises
+    ConfigError with a message for the operator."""
     groups = tuple(g if isinstance(g, GroupSpec) else parse_group(g) for g in args.group)
     return HubConfig(
         groups=groups,
@@ -145,31 +209,62 @@ def build_config(args: argparse.Namespace) -> HubConfig:
         poll_interval=args.poll_interval,
         lease_check_interval=args.lease_check_interval,
         shutdown_grace=args.shutdown_grace,
+        tls=_tls_files(args),
+        insecure_plaintext=args.insecure_plaintext,
+        tokens=TokenTable(
+            (*_token_files(args), *tokens_from_env(os.environ if environ is None else environ))
+        ),
     )
+
+
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ConfigError("give both --tls-cert and --tls-key")
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def _token_files(args: argparse.Namespace) -> Iterator[Credential]:
+    for path in args.publisher_token_file:
+        yield Credential(Principal(Role.PUBLISHER), read_token_file(Path(path)), str(path))
+    for path in args.admin_token_file:
+        yield Credential(Principal(Role.ADMIN), read_token_file(Path(path)), str(path))
+    for item in args.subscriber_token_file:
+        group, sep, path = str(item).partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--subscriber-token-file {item!r}: expected GROUP=FILE")
+        principal = parse_principal(f"subscriber:{group.strip()}")
+        yield Credential(principal, read_token_file(Path(path)), path)
 
 
 def run(args: argparse.Namespace) -> int:
     """0 after a graceful stop; 2 for bad configuration; 1 when the store or address fails."""
     try:
         config = build_config(args)
+        check_transport(config)
+        credentials = server_credentials(config.tls) if config.tls is not None else None
     except HubError as exc:
         print(f"paynotify hub: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, credentials))
     except (HubError, StoreError) as exc:
         logger.error("hub stopped: %s", exc)
         print(f"paynotify hub: {exc}", file=sys.stderr)
         return 1
 
 
-async def serve(config: HubConfig) -> int:
-    """Run the hub until SIGTERM or SIGINT, then stop it gracefully."""
+async def serve(config: HubConfig, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Run the hub until SIGTERM or SIGINT, then stop it gracefully (over TLS with the
+    `credentials` loaded from `config.tls`)."""
     _make_sqlite_folder(config.store_url)
     store = open_store(config.store_url)
     await store.open()
     try:
-        hub = create_server(config, store)
+        hub = create_server(config, store, credentials=credentials)
         await hub.start()
         stop = _stop_event()
         logger.info("hub listening on %s, groups %s", hub.address, _describe(config))

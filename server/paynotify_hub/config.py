@@ -6,18 +6,24 @@ by tests (`tests/hubkit.py`). Never read at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from paynotify_hub.domain import GROUP_NAME_PATTERN, GroupSpec, RetryPolicy
 from paynotify_hub.errors import ConfigError
+from paynotify_hub.tokens import Role, TokenTable
 
 __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_STORE_URL",
     "MIN_RETENTION",
     "HubConfig",
+    "TlsFiles",
+    "check_transport",
+    "is_loopback_host",
     "parse_group",
     "parse_groups",
     "split_host_port",
@@ -46,9 +52,25 @@ PURGE_BATCH = 500
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_NOTIFICATION_BYTES = 256 * 1024
 STORE_TIMEOUT = 10.0
+# How often the admin gauges (queue depth, oldest unacked age, ...) are read from the store.
+ADMIN_REFRESH_INTERVAL = 15.0
 
 _NOTIFY_TYPE_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _MODES = {"required": True, "best-effort": False}
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The hub's TLS material, as PEM files: its certificate chain and private key, and with
+    `client_ca` mutual TLS (only clients with a certificate signed by that CA may connect)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca is not None
 
 
 @dataclass(frozen=True)
@@ -81,9 +103,16 @@ class HubConfig:
     store_timeout: float = STORE_TIMEOUT
     # Names this hub in member ids (several hubs may share one store); empty: host and pid.
     hub_id: str = ""
+    admin_refresh_interval: float = ADMIN_REFRESH_INTERVAL
+    # None: plaintext, allowed beyond loopback only with `insecure_plaintext` (see check_transport).
+    tls: TlsFiles | None = None
+    insecure_plaintext: bool = False
+    # Empty: no token checked (loopback development, tests). Its repr never shows a token.
+    tokens: TokenTable = field(default_factory=TokenTable)
 
     def __post_init__(self) -> None:
         _check_groups(self.groups)
+        _check_token_groups(self.tokens, self.groups)
         _check_retry(self.retry)
         _check_positive(
             default_max_in_flight=self.default_max_in_flight,
@@ -97,6 +126,7 @@ class HubConfig:
             max_message_bytes=self.max_message_bytes,
             max_notification_bytes=self.max_notification_bytes,
             store_timeout=self.store_timeout,
+            admin_refresh_interval=self.admin_refresh_interval,
         )
         _check_order("ack deadlines", self.min_ack_deadline, self.default_ack_deadline)
         _check_order("ack deadlines", self.default_ack_deadline, self.max_ack_deadline)
@@ -114,6 +144,32 @@ class HubConfig:
 
     def group(self, name: str) -> GroupSpec | None:
         return next((g for g in self.groups if g.name == name), None)
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return is_loopback_host(split_host_port(self.listen)[0])
+
+
+def check_transport(config: HubConfig) -> None:
+    """Refuse plaintext gRPC beyond loopback unless `insecure_plaintext` says so explicitly:
+    tokens, payment data and acks would cross the network readable and forgeable."""
+    if config.tls is None and not config.insecure_plaintext and not config.listens_on_loopback:
+        raise ConfigError(
+            f"refusing to serve plaintext gRPC on {config.listen}: give --tls-cert and --tls-key "
+            "(and --tls-client-ca for mutual TLS), listen on loopback (--listen 127.0.0.1:PORT), "
+            "or accept the risk explicitly with --insecure-plaintext"
+        )
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1 (also as `[::1]`); a wildcard address is not loopback."""
+    host = host.removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_group(text: str) -> GroupSpec:
@@ -166,6 +222,16 @@ def _check_groups(groups: tuple[GroupSpec, ...]) -> None:
     for g in groups:
         if not GROUP_NAME_PATTERN.match(g.name):
             raise ConfigError(f"invalid group name {g.name!r}")
+
+
+def _check_token_groups(tokens: TokenTable, groups: tuple[GroupSpec, ...]) -> None:
+    declared = {g.name for g in groups}
+    for principal in sorted(tokens.principals(), key=str):
+        if principal.role is Role.SUBSCRIBER and principal.group not in declared:
+            raise ConfigError(
+                f"a subscriber token is configured for group {principal.group!r}, which is not "
+                "declared (--group)"
+            )
 
 
 def _check_retry(retry: RetryPolicy) -> None:

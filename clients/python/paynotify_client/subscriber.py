@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2
 from paynotify.v1 import hub_pb2, notification_pb2
 from paynotify_client.backoff import Backoff
 from paynotify_client.callback import Callback
+from paynotify_client.credentials import bearer_metadata, warn_plaintext_token
 from paynotify_client.errors import SubscriberStateError
 from paynotify_client.flow import FlowControl
 from paynotify_client.future import SubscribeFuture
@@ -102,8 +103,12 @@ class Subscriber:
     flow_control: deliveries held at once and callback threads (see FlowControl).
     ack_deadline: seconds a delivery stays leased before the hub redelivers it (see `extend()`).
     notify_types: only these notifyTypes are streamed (names or NotifyType numbers; empty: all).
-    channel_credentials: TLS credentials (`grpc.ssl_channel_credentials()`); None: plaintext.
-    token: sent as `authorization: Bearer <token>` on the stream.
+    channel_credentials: TLS credentials, e.g. `grpc.ssl_channel_credentials(ca_pem)`, or
+        `paynotify_client.credentials.tls_credentials(ca="ca.pem", cert=..., key=...)` (mutual
+        TLS with a client certificate); None: plaintext (loopback development only).
+    token: the group's subscriber token, sent as `authorization: Bearer <token>` on the stream
+        (`paynotify_client.credentials.read_token_file` reads it); never logged or repr'd.
+        A hub refusing it ends the subscription with SubscriberAuthError.
     backoff: reconnect backoff after a retryable stream error (see Backoff).
     channel_options: extra gRPC channel options, e.g. keepalive settings.
     on_action_result: called with each ActionResult the hub returns (on the stream thread).
@@ -134,7 +139,8 @@ class Subscriber:
         self.flow_control = flow_control
         self._open = _open_request(group, self.client_id, flow_control, ack_deadline, notify_types)
         self._credentials = channel_credentials
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = bearer_metadata(token)
+        warn_plaintext_token(target, channel_credentials is not None, token)
         self._backoff = backoff
         self._channel_options = tuple(channel_options)
         self._on_action_result = on_action_result

@@ -3,7 +3,12 @@
 The lines go to stdout (one JSON object each, flushed at once), logs go to stderr. A line holds
 the notification as the hub typed it and the body exactly as Alipay sent it: this is an operator's
 view, not a log, so customer ids in it are not masked. SIGINT or SIGTERM closes cleanly (exit 0);
-a hub that refuses the subscription (e.g. an undeclared group) exits 1, bad flags exit 2.
+a hub that refuses the subscription (e.g. an undeclared group, a wrong token) exits 1, bad flags
+exit 2.
+
+Against a hub with TLS and tokens: `--tls-ca ca.pem [--tls-cert me.pem --tls-key me.key]
+--token-file billing.token` (or the token in PAYNOTIFY_TOKEN; `--token` on the command line is
+visible to every user of the machine in `ps`).
 
 With only paynotify-client installed: `python -m paynotify_client.tail --group NAME ...`.
 """
@@ -20,15 +25,25 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
+import grpc
 from google.protobuf import json_format
 
 from paynotify.v1 import notification_pb2
+from paynotify_client.credentials import CredentialsError, read_token_file, tls_credentials
 from paynotify_client.errors import SubscriberError
 from paynotify_client.flow import DEFAULT_MAX_IN_FLIGHT, FlowControl
 from paynotify_client.message import Message
 from paynotify_client.subscriber import DEFAULT_ACK_DEADLINE, Subscriber
 
-__all__ = ["DEFAULT_HUB", "add_arguments", "main", "message_to_json", "run"]
+__all__ = [
+    "DEFAULT_HUB",
+    "add_arguments",
+    "add_tls_arguments",
+    "channel_settings",
+    "main",
+    "message_to_json",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +92,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print without acking: the hub redelivers them after the ack deadline",
     )
     parser.add_argument(
-        "--token", default=None, help="bearer token for the hub (or PAYNOTIFY_TOKEN)"
+        "--token",
+        default=None,
+        help="the group's subscriber token; prefer --token-file or PAYNOTIFY_TOKEN",
     )
+    add_tls_arguments(parser)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tls, --tls-ca, --tls-cert, --tls-key, --tls-server-name and --token-file."""
+    add = parser.add_argument
+    add("--tls", action="store_true", help="connect over TLS, trusting the system's CAs")
+    add("--tls-ca", default=None, metavar="FILE", help="connect over TLS; the hub's CA (PEM)")
+    add("--tls-cert", default=None, metavar="FILE", help="mutual TLS: client certificate (PEM)")
+    add("--tls-key", default=None, metavar="FILE", help="mutual TLS: client private key (PEM)")
+    add(
+        "--tls-server-name",
+        default=None,
+        metavar="NAME",
+        help="the name the hub's certificate carries, when it differs from --hub's host",
+    )
+    add("--token-file", default=None, metavar="FILE", help="read the token from FILE")
+
+
+def channel_settings(
+    args: argparse.Namespace,
+) -> tuple[grpc.ChannelCredentials | None, str | None, list[tuple[str, str | int]]]:
+    """(TLS credentials or None, token or None, channel options) from the flags of
+    `add_tls_arguments` (and `--token`); raises CredentialsError for a bad file or combination."""
+    if args.tls_ca is None and (args.tls_cert or args.tls_key or args.tls_server_name):
+        raise CredentialsError("--tls-cert, --tls-key and --tls-server-name need --tls-ca")
+    credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    token = read_token_file(args.token_file) if args.token_file else getattr(args, "token", None)
+    options: list[tuple[str, str | int]] = []
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    return credentials, token, options
 
 
 def message_to_json(message: Message) -> str:
@@ -148,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `paynotify tail` until `--count` lines, a signal, or a refusal; the exit status."""
     max_in_flight = min(args.count, args.max_in_flight) if args.count > 0 else args.max_in_flight
     try:
+        credentials, token, options = channel_settings(args)
         subscriber = Subscriber(
             args.hub,
             args.group,
@@ -155,7 +205,9 @@ def run(args: argparse.Namespace) -> int:
             flow_control=FlowControl(max_in_flight=max_in_flight),
             ack_deadline=args.ack_deadline,
             notify_types=args.notify_type,
-            token=args.token,
+            channel_credentials=credentials,
+            token=token,
+            channel_options=options,
         )
     except ValueError as exc:
         print(f"paynotify tail: {exc}", file=sys.stderr)
