@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -121,7 +121,7 @@ class Hub:
 
     address: str
     timeout: float
-    token: str = ""
+    token: str = field(default="", repr=False)
     credentials: grpc.ChannelCredentials | None = None
 
     @classmethod

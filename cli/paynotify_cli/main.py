@@ -24,9 +24,9 @@ ENV_PREFIX = "PAYNOTIFY_"
 COMMANDS: dict[str, tuple[str, str]] = {
     "hub": ("paynotify_hub.cli", "run the gRPC notification hub"),
     "bridge": ("paynotify_bridge.cli", "run the HTTP bridge that receives Alipay's notifications"),
-    "run": ("paynotify_cli.run", "hub and bridge together on a local SQLite store, for a first look"),
-    "tail": ("paynotify_client.tail", "subscribe to a group, print each notification as JSON, ack it"),
-    "send-test": ("paynotify_bridge.simulator", "act as Alipay: sign a sample, POST it, follow retries"),
+    "run": ("paynotify_cli.run", "hub and bridge on a local SQLite store, for a first look"),
+    "tail": ("paynotify_client.tail", "subscribe to a group, print notifications as JSON, ack"),
+    "send-test": ("paynotify_bridge.simulator", "act as Alipay: sign a sample, POST, retry"),
     "status": ("paynotify_cli.admin_status", "per group: pending, in flight, dead, oldest age"),
     "show": ("paynotify_cli.admin_show", "one notification: receipts, deliveries, attempts"),
     "dead-letters": ("paynotify_cli.admin_dead_letters", "list dead letters and why they died"),

@@ -114,9 +114,9 @@ class AdminMetrics:
         """Read the statistics once (bounded by the store timeout) and set the gauges."""
         now = self._clock()
         names = [spec.name for spec in self._groups]
-        stats = await asyncio.wait_for(
-            self._store.group_stats(now, names, count_acked=False), self._store_timeout
-        )
+        # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (CPython gh-86296).
+        async with asyncio.timeout(self._store_timeout):
+            stats = await self._store.group_stats(now, names, count_acked=False)
         self.update(now, stats)
 
     async def refresh_forever(self) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from paynotify.v1 import hub_pb2
 from paynotify_client import FlowControl, Message, Subscriber
-
 from tests.hubkit import hub_process, make_notification, publish
 
 

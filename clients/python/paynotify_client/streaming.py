@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -41,7 +41,7 @@ class StreamSettings:
 
     target: str
     open_request: hub_pb2.SubscribeRequest
-    metadata: tuple[tuple[str, str], ...]
+    metadata: tuple[tuple[str, str], ...] = field(repr=False)  # carries the bearer token
     backoff: Backoff
     threads: int
     auto_ack: bool = False
