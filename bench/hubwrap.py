@@ -1,0 +1,136 @@
+"""`paynotify` under measurement: store calls counted, and experiments that prototype a change.
+
+    python -m bench.hubwrap [--switch-interval S] [--concurrent-acks] hub --listen ... --store ...
+
+After the optional flags, the same arguments as `paynotify`. No project file is changed: the store
+classes' async methods are wrapped in this process only.
+
+- Every public async verb of the SQLite and PostgreSQL stores is counted (calls, and seconds
+  awaited, queueing included). On SIGUSR1 one line ``STORECOUNTS {...}`` goes to stdout;
+  `bench.profile --count-store` takes one before and one after its load.
+- `--switch-interval S`: `sys.setswitchinterval(S)` (the bridge uses 0.0005).
+- `--concurrent-acks` (EXPERIMENT, a prototype of a recommendation, not the hub's behaviour): the
+  acks of one SubscribeRequest are awaited together (`asyncio.gather`) instead of one after the
+  other, so the SQLite store's batching puts them into one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import signal
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Coroutine
+from types import FrameType
+from typing import Any
+
+__all__ = ["MARKER", "main"]
+
+MARKER = "STORECOUNTS "
+_calls: Counter[str] = Counter()
+_seconds: defaultdict[str, float] = defaultdict(float)
+_lock = threading.Lock()
+
+
+def _counted(name: str, method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            with _lock:
+                _calls[name] += 1
+                _seconds[name] += time.perf_counter() - started
+
+    return wrapper
+
+
+def _instrument(cls: type) -> None:
+    for name, member in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.iscoroutinefunction(member):
+            continue
+        setattr(cls, name, _counted(name, member))
+
+
+def _time_sqlite_batches() -> None:
+    """Count the SQLite worker's group commits: batches, verbs in them, wall time on the thread."""
+    from paynotify_hub.store import sqlite
+
+    worker = getattr(sqlite, "_Worker", None)
+    original = getattr(worker, "_run_batch", None)
+    if worker is None or original is None:
+        return
+
+    def run_batch(self: Any, batch: list[Any]) -> None:
+        started = time.perf_counter()
+        try:
+            original(self, batch)
+        finally:
+            with _lock:
+                _calls["(sqlite batches)"] += 1
+                _calls["(sqlite batched verbs)"] += len(batch)
+                _seconds["(sqlite batches)"] += time.perf_counter() - started
+
+    worker._run_batch = run_batch
+
+
+def _dump(signum: int, frame: FrameType | None) -> None:
+    with _lock:
+        data = {"calls": dict(_calls), "seconds": {k: round(v, 6) for k, v in _seconds.items()}}
+    print(MARKER + json.dumps(data), flush=True)
+
+
+def _concurrent_acks() -> None:
+    """Prototype: a request's acks awaited together; the rest of the request as before."""
+    from paynotify.v1 import hub_pb2
+    from paynotify_hub import service
+
+    original = service._Stream._act
+
+    async def act(self: Any, request: hub_pb2.SubscribeRequest) -> list[hub_pb2.ActionResult]:
+        ids = list(request.ack_ids)
+        statuses = await asyncio.gather(*(self._broker.ack(self._member, i) for i in ids))
+        results = [
+            hub_pb2.ActionResult(
+                delivery_id=i, kind=hub_pb2.ACTION_KIND_ACK, status=service._STATUS[s]
+            )
+            for i, s in zip(ids, statuses, strict=True)
+        ]
+        rest = hub_pb2.SubscribeRequest()
+        rest.CopyFrom(request)
+        del rest.ack_ids[:]
+        return results + list(await original(self, rest))
+
+    service._Stream._act = act  # type: ignore[method-assign]
+
+
+def main() -> int:
+    from paynotify_hub.store.postgres import PostgresStore
+    from paynotify_hub.store.sqlite import SQLiteStore
+
+    _instrument(SQLiteStore)
+    _instrument(PostgresStore)
+    _time_sqlite_batches()
+    signal.signal(signal.SIGUSR1, _dump)
+    args = sys.argv[1:]
+    while args and args[0].startswith("--") and args[0] != "--log-level":
+        flag = args.pop(0)
+        if flag == "--switch-interval":
+            sys.setswitchinterval(float(args.pop(0)))
+        elif flag == "--concurrent-acks":
+            _concurrent_acks()
+        else:
+            raise SystemExit(f"bench.hubwrap: unknown flag {flag}")
+    from paynotify_cli.main import main as paynotify
+
+    return paynotify(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
