@@ -29,7 +29,8 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric import rsa
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
-from waitress.server import create_server
+from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.server import BaseWSGIServer, create_server
 
 from paynotify_bridge import config as defaults
 from paynotify_bridge.app import RequestVerifier, UnverifiedRequests, create_app
@@ -232,6 +233,20 @@ def _load_key(path: Path) -> rsa.RSAPublicKey:
         raise ConfigError(f"--alipay-public-key {path}: {exc}") from None
 
 
+class _RequestParser(HTTPRequestParser):
+    """waitress's parser, with every ValueError of a request head answered 400 Bad Request."""
+
+    def parse_header(self, header_plus: bytes) -> None:
+        try:
+            super().parse_header(header_plus)
+        except ValueError as exc:
+            raise ParsingError(f"malformed request line or headers ({exc})") from None
+
+
+class _Channel(HTTPChannel):
+    parser_class = _RequestParser
+
+
 class BridgeServer:
     """waitress serving the app, stoppable from any thread or a signal handler, draining on stop."""
 
@@ -247,11 +262,18 @@ class BridgeServer:
             threads=config.threads,
             connection_limit=config.connection_limit,
             channel_timeout=config.channel_timeout,
+            # waitress looks for idle channels only every cleanup_interval (default 30 s): look
+            # often enough that --channel-timeout bounds how long an idle connection lives.
+            cleanup_interval=max(1, config.channel_timeout // 2),
             # Above our own limit, so the app (not waitress) answers 413 with an Alipay-shaped body.
             max_request_body_size=2 * config.max_body_bytes + 1,
             asyncore_use_poll=True,
             ident="paynotify",
         )
+        # waitress answers a malformed request line 400, except when urlsplit raises ValueError
+        # ("Invalid IPv6 URL" for http://[...): then it drops the connection unanswered.
+        if isinstance(self._server, BaseWSGIServer):
+            self._server.channel_class = _Channel
 
     @property
     def host(self) -> str:

@@ -109,20 +109,22 @@ def parse_signature_header(value: str) -> SignatureHeader:
 def _split_fields(value: str) -> tuple[dict[str, str], str]:
     """The ``name=value`` fields before ``signature=``, and the raw text after it."""
     fields: dict[str, str] = {}
-    rest = value.strip()
+    text = value.strip()
+    start = 0  # an index into `text`, never a copy of its rest: linear in the header's length
     while True:
-        name, eq, after = rest.partition("=")
-        name = name.strip()
-        if not eq or not _FIELD_NAME.fullmatch(name):
+        eq = text.find("=", start)
+        name = text[start:eq].strip() if eq >= 0 else ""
+        if not _FIELD_NAME.fullmatch(name):
             raise MalformedSignatureHeader()
         if name == "signature":
-            return fields, after.strip()
-        field_value, comma, rest = after.partition(",")
-        if not comma:
+            return fields, text[eq + 1 :].strip()
+        comma = text.find(",", eq + 1)
+        if comma < 0:
             raise MalformedSignatureHeader("the Signature header has no signature= field")
         if name in fields:
             raise MalformedSignatureHeader(f"the Signature header repeats the {name}= field")
-        fields[name] = field_value.strip()
+        fields[name] = text[eq + 1 : comma].strip()
+        start = comma + 1
 
 
 def _decode_signature(encoded: str) -> bytes:

@@ -58,7 +58,8 @@ class Actions:
         return status
 
     async def reject(self, member: Member, delivery_id: str, reason: str) -> ActionStatus:
-        reason = reason[:MAX_REASON_CHARS]
+        # PostgreSQL text cannot hold NUL: a reason must never make the store fail.
+        reason = reason[:MAX_REASON_CHARS].replace("\x00", "\ufffd")
 
         def call(nid: int, token: str) -> Awaitable[ActionStatus]:
             return self.store.reject(member.group, nid, token, reason, self.clock())
@@ -96,11 +97,21 @@ class Actions:
         key = parse_delivery_id(delivery_id)
         if key is None:
             status = ActionStatus.UNKNOWN
+        elif not member.holds(key):
+            status = await self._not_held(member, key)
         else:
             status = await store_call(kind, call(*key), self.config.store_timeout, self.metrics)
             self._account(member, key, status, settles)
         self.metrics.actions.labels(member.group, kind, status.value).inc()
         return status
+
+    async def _not_held(self, member: Member, key: DeliveryKey) -> ActionStatus:
+        """Another stream's lease, or one this stream already settled: only the holder may act,
+        so the store is only read, to tell STALE (it exists) from UNKNOWN (never issued)."""
+        states = await store_call(
+            "group_states", self.store.group_states(key[0]), self.config.store_timeout, self.metrics
+        )
+        return ActionStatus.STALE if member.group in states else ActionStatus.UNKNOWN
 
     def _account(
         self, member: Member, key: DeliveryKey, status: ActionStatus, settles: bool

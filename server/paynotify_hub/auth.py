@@ -199,7 +199,8 @@ def _group_gated(handler: Handler, principal: Principal, on_refusal: OnRefusal) 
     async def gated(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         requests = aiter(requests)
         first = await anext(requests, None)
-        if first is not None and first.HasField("open"):
+        # Bytes that did not parse arrive as service.Undecodable: the servicer refuses those.
+        if first is not None and hasattr(first, "HasField") and first.HasField("open"):
             group = first.open.group
             if not principal.may_subscribe(group):
                 refusal = Refusal(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -38,6 +39,7 @@ __all__ = ["Broker"]
 logger = logging.getLogger(__name__)
 
 _MAX_CLIENT_ID = 64
+_UNSAFE_IN_CLIENT_ID = re.compile(r"[/\x00-\x1f\x7f]")
 
 
 def _default_hub_id() -> str:
@@ -237,7 +239,9 @@ class Broker:
         limit = min(max_in_flight or cfg.default_max_in_flight, cfg.max_max_in_flight)
         deadline = ack_deadline or cfg.default_ack_deadline
         deadline = min(max(deadline, cfg.min_ack_deadline), cfg.max_ack_deadline)
-        name = (client_id.strip() or "anonymous")[:_MAX_CLIENT_ID].replace("/", "_")
+        # '/' separates a member id's parts; a control character (NUL: PostgreSQL text cannot
+        # hold it) would make every claim of this member fail.
+        name = _UNSAFE_IN_CLIENT_ID.sub("_", (client_id.strip() or "anonymous")[:_MAX_CLIENT_ID])
         return MemberSettings(spec, name, limit, deadline, frozenset(notify_types))
 
     # -- actions ---------------------------------------------------------------------------------

@@ -51,6 +51,8 @@ PURGE_INTERVAL = 3600.0
 PURGE_BATCH = 500
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_NOTIFICATION_BYTES = 256 * 1024
+# A Delivery's fields beside the notification and its raw JSON (ids, timestamps, framing).
+DELIVERY_SLACK_BYTES = 4096
 STORE_TIMEOUT = 10.0
 # How often the admin gauges (queue depth, oldest unacked age, ...) are read from the store.
 ADMIN_REFRESH_INTERVAL = 15.0
@@ -133,6 +135,12 @@ class HubConfig:
         _check_order("max in flight", self.default_max_in_flight, self.max_max_in_flight)
         if self.publish_margin < 0 or self.shutdown_grace < 0:
             raise ConfigError("publish_margin and shutdown_grace must not be negative")
+        if 2 * self.max_notification_bytes + DELIVERY_SLACK_BYTES > self.max_message_bytes:
+            raise ConfigError(
+                f"max_message_bytes ({self.max_message_bytes}) must hold one delivery: twice "
+                f"max_notification_bytes ({self.max_notification_bytes}, the notification and "
+                f"its raw JSON again) plus {DELIVERY_SLACK_BYTES}"
+            )
         if self.retention < MIN_RETENTION:
             raise ConfigError(
                 f"retention must be at least 24 hours (got {self.retention / 3600:g} h): Alipay "

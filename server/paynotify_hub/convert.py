@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from google.protobuf.duration_pb2 import Duration
@@ -35,6 +36,10 @@ __all__ = [
 ]
 
 MAX_ID_CHARS = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_RESULT_STATUSES = frozenset(notification_pb2.ResultStatus.values())
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 _NOTIFY_TYPE_PREFIX = "NOTIFY_TYPE_"
 _RESULT_STATUS_PREFIX = "RESULT_STATUS_"
 
@@ -61,13 +66,23 @@ def validate_publish(request: hub_pb2.PublishRequest, max_bytes: int) -> str | N
         return "notification.notify_type_text is empty"
     if not n.payment_id and not n.payment_request_id:
         return "notification has neither payment_id nor payment_request_id"
-    for name, value in (("payment_id", n.payment_id), ("payment_request_id", n.payment_request_id)):
+    for name in ("payment_id", "payment_request_id", "notify_type_text"):
+        value = getattr(n, name)
         if len(value) > MAX_ID_CHARS:
             return f"notification.{name} is longer than {MAX_ID_CHARS} characters"
-    if len(n.notify_type_text) > MAX_ID_CHARS:
-        return f"notification.notify_type_text is longer than {MAX_ID_CHARS} characters"
+        if _CONTROL.search(value):
+            # Part of the identity; PostgreSQL text cannot even hold a NUL.
+            return f"notification.{name} contains a control character"
     if not n.raw_json:
         return "notification.raw_json is empty: the body as Alipay sent it is required"
+    if n.HasField("result") and n.result.result_status not in _RESULT_STATUSES:
+        return f"notification.result.result_status {n.result.result_status} is not a ResultStatus"
+    if request.receipt.HasField("received_at") and not _valid_timestamp(
+        request.receipt.received_at
+    ):
+        return (
+            "receipt.received_at is not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)"
+        )
     size = n.ByteSize()
     if size > max_bytes:
         return f"notification is {size} bytes, more than the limit of {max_bytes}"
@@ -104,10 +119,19 @@ def receipt_of(request: hub_pb2.PublishRequest, now: float) -> ReceiptRecord:
         received_at = r.received_at.ToNanoseconds() / 1e9
     return ReceiptRecord(
         received_at=received_at,
-        client_id=r.client_id[: MAX_ID_CHARS * 2],
-        request_time=r.request_time[:MAX_ID_CHARS],
-        request_id=r.request_id[: MAX_ID_CHARS * 2],
+        client_id=_storable(r.client_id[: MAX_ID_CHARS * 2]),
+        request_time=_storable(r.request_time[:MAX_ID_CHARS]),
+        request_id=_storable(r.request_id[: MAX_ID_CHARS * 2]),
     )
+
+
+def _storable(text: str) -> str:
+    """Informational text as every store can hold it (PostgreSQL text cannot hold NUL)."""
+    return text.replace("\x00", "\ufffd")
+
+
+def _valid_timestamp(t: Timestamp) -> bool:
+    return _MIN_SECONDS <= t.seconds <= _MAX_SECONDS and 0 <= t.nanos <= 999_999_999
 
 
 def publish_response(result: PublishResult) -> hub_pb2.PublishResponse:

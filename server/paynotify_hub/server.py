@@ -19,14 +19,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from paynotify.v1 import hub_pb2, hub_pb2_grpc
+from paynotify.v1 import hub_pb2
 from paynotify_hub.admin_service import ADMIN_SERVICE_NAME, AdminService, add_admin_service
 from paynotify_hub.auth import AuthInterceptor, log_security
 from paynotify_hub.broker import Broker
 from paynotify_hub.config import HubConfig, check_transport
 from paynotify_hub.errors import ConfigError
 from paynotify_hub.metrics import HubMetrics, MetricsServer, serve_metrics
-from paynotify_hub.service import NotificationHubServicer
+from paynotify_hub.service import NotificationHubServicer, add_notification_hub
 from paynotify_hub.store.base import Store
 from paynotify_hub.tls import server_credentials
 
@@ -135,9 +135,7 @@ def create_server(
         config.tokens, admin_open=config.listens_on_loopback, registry=metrics.registry
     )
     server = grpc.aio.server(options=_options(config), interceptors=[interceptor])
-    hub_pb2_grpc.add_NotificationHubServicer_to_server(
-        NotificationHubServicer(broker, config, clock=clock), server
-    )
+    add_notification_hub(NotificationHubServicer(broker, config, clock=clock), server)
     admin = add_admin_service(
         server, broker, clock=clock, metrics_interval=config.admin_refresh_interval
     )

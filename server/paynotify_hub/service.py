@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from paynotify.v1 import hub_pb2, hub_pb2_grpc
 from paynotify_hub.broker import Broker
@@ -33,7 +34,7 @@ from paynotify_hub.errors import HubError, InvalidArgument, Unavailable
 from paynotify_hub.member import Member
 from paynotify_hub.status import status_code_for
 
-__all__ = ["NotificationHubServicer"]
+__all__ = ["NotificationHubServicer", "Undecodable", "add_notification_hub"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class NotificationHubServicer(hub_pb2_grpc.NotificationHubServicer):
     async def Publish(
         self, request: hub_pb2.PublishRequest, context: PublishContext
     ) -> hub_pb2.PublishResponse:
+        if isinstance(request, Undecodable):
+            await _abort(context, InvalidArgument(request.reason()))
         detail = validate_publish(request, self._config.max_notification_bytes)
         if detail is not None:
             return publish_response_rejected(detail)
@@ -96,7 +99,7 @@ class NotificationHubServicer(hub_pb2_grpc.NotificationHubServicer):
             await _abort(context, exc)
         try:
             yield hub_pb2.SubscribeResponse(opened=opened_of(member.id, member.settings))
-            async with _Stream(self._broker, member) as stream:
+            async with _Stream(self._broker, member, self._config.max_message_bytes) as stream:
                 stream.start(requests)
                 while (response := await stream.next_response()) is not None:
                     yield response
@@ -111,6 +114,8 @@ class NotificationHubServicer(hub_pb2_grpc.NotificationHubServicer):
             first = await anext(requests)
         except StopAsyncIteration:
             raise InvalidArgument("first request must carry open; the stream ended") from None
+        if isinstance(first, Undecodable):
+            raise InvalidArgument(first.reason())
         if not first.HasField("open"):
             raise InvalidArgument("first request must carry open")
         o = first.open
@@ -129,7 +134,9 @@ class _Stream:
     `next_response()` gives None at the end; `error` then says why (None: the client closed).
     """
 
-    def __init__(self, broker: Broker, member: Member) -> None:
+    def __init__(self, broker: Broker, member: Member, max_message_bytes: int) -> None:
+        # Room for the response's own framing under the send limit.
+        self._max_bytes = max_message_bytes - _RESPONSE_OVERHEAD
         self._broker = broker
         self._member = member
         self._out: asyncio.Queue[hub_pb2.SubscribeResponse | None] = asyncio.Queue()
@@ -167,6 +174,8 @@ class _Stream:
 
     async def _read(self, requests: AsyncIterator[hub_pb2.SubscribeRequest]) -> None:
         async for request in requests:
+            if isinstance(request, Undecodable):
+                raise InvalidArgument(request.reason())
             if request.HasField("open"):
                 raise InvalidArgument("open may only be sent in the first request")
             results = await self._act(request)
@@ -177,7 +186,10 @@ class _Stream:
         while True:
             leases = await self._member.next_batch()  # raises ShuttingDown at the end
             deliveries = [delivery_of(lease) for lease in leases]
-            self._out.put_nowait(hub_pb2.SubscribeResponse(deliveries=deliveries))
+            # One response per slice under the send limit: a backlog of large notifications in
+            # one message would end the stream RESOURCE_EXHAUSTED, again on every reconnect.
+            for piece in _slices(deliveries, self._max_bytes):
+                self._out.put_nowait(hub_pb2.SubscribeResponse(deliveries=piece))
 
     async def _act(self, request: hub_pb2.SubscribeRequest) -> list[hub_pb2.ActionResult]:
         b, m = self._broker, self._member
@@ -200,3 +212,69 @@ class _Stream:
             status = await b.extend(m, ext.delivery_id, duration_or_none(ext, "extension"))
             add(ext.delivery_id, hub_pb2.ACTION_KIND_EXTEND, status)
         return results
+
+
+# A repeated field's tag and length prefix, per delivery; and slack for the response itself.
+_DELIVERY_OVERHEAD = 16
+_RESPONSE_OVERHEAD = 1024
+
+
+def _slices(deliveries: list[hub_pb2.Delivery], max_bytes: int) -> list[list[hub_pb2.Delivery]]:
+    """`deliveries` in order, cut so that each slice's serialized size stays under `max_bytes`
+    (a delivery alone always forms a slice)."""
+    slices: list[list[hub_pb2.Delivery]] = []
+    current: list[hub_pb2.Delivery] = []
+    size = 0
+    for delivery in deliveries:
+        n = delivery.ByteSize() + _DELIVERY_OVERHEAD
+        if current and size + n > max_bytes:
+            slices.append(current)
+            current, size = [], 0
+        current.append(delivery)
+        size += n
+    if current:
+        slices.append(current)
+    return slices
+
+
+class Undecodable:
+    """Stands in for request bytes that are not a valid `type_name`: the lenient deserializers
+    below hand it to the servicer, which answers INVALID_ARGUMENT (grpc.aio's own answer to a
+    deserializer that raises is UNKNOWN, with the exception's text)."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def reason(self) -> str:
+        return f"the request is not a valid {self.type_name} (protobuf wire format or UTF-8)"
+
+
+def _lenient(message_type: Any) -> Callable[[bytes], Any]:
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Undecodable(name)
+
+    return parse
+
+
+def add_notification_hub(servicer: NotificationHubServicer, server: grpc.aio.Server) -> None:
+    """`hub_pb2_grpc.add_NotificationHubServicer_to_server`, with lenient request parsing."""
+    handlers = {
+        "Publish": grpc.unary_unary_rpc_method_handler(
+            servicer.Publish,
+            request_deserializer=_lenient(hub_pb2.PublishRequest),
+            response_serializer=hub_pb2.PublishResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.stream_stream_rpc_method_handler(
+            servicer.Subscribe,
+            request_deserializer=_lenient(hub_pb2.SubscribeRequest),
+            response_serializer=hub_pb2.SubscribeResponse.SerializeToString,
+        ),
+    }
+    service = hub_pb2.DESCRIPTOR.services_by_name["NotificationHub"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
