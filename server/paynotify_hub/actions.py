@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from paynotify_hub.config import HubConfig
-from paynotify_hub.domain import ActionStatus
+from paynotify_hub.domain import ActionStatus, DeliveryState, GroupDelivery
 from paynotify_hub.member import DeliveryKey, Member, parse_delivery_id
 from paynotify_hub.metrics import HubMetrics
 from paynotify_hub.signals import GroupWakeups, SettleSignals
@@ -39,7 +40,7 @@ class Actions:
 
         key = parse_delivery_id(delivery_id)
         received = member.first_received_at(key) if key is not None else None
-        status = await self._act("ack", member, delivery_id, call, settles=True)
+        status = await self._act("ack", member, delivery_id, call, settles=DeliveryState.ACKED)
         if status is ActionStatus.OK and received is not None and self.on_ack is not None:
             self.on_ack(member.group, received)
         return status
@@ -52,7 +53,8 @@ class Actions:
             return self.store.nack(member.group, nid, token, self.clock(), delay, self.config.retry)
 
         # Out of attempts, a nack dead-letters the delivery: that settles a waiting publish too.
-        status = await self._act("nack", member, delivery_id, call, settles=True)
+        # Pending again or dead: which, only the store knows (None: waiters read it back).
+        status = await self._act("nack", member, delivery_id, call, settles=None)
         if status is ActionStatus.OK:
             self.wakeups.wake([member.group])
         return status
@@ -64,7 +66,7 @@ class Actions:
         def call(nid: int, token: str) -> Awaitable[ActionStatus]:
             return self.store.reject(member.group, nid, token, reason, self.clock())
 
-        status = await self._act("reject", member, delivery_id, call, settles=True)
+        status = await self._act("reject", member, delivery_id, call, settles=DeliveryState.DEAD)
         if status is ActionStatus.OK:
             self.metrics.dead_letters.labels(member.group).inc()
         return status
@@ -91,7 +93,7 @@ class Actions:
         delivery_id: str,
         call: Callable[[int, str], Awaitable[ActionStatus]],
         *,
-        settles: bool,
+        settles: DeliveryState | Literal[False] | None,
     ) -> ActionStatus:
         """Parse, call the store (StoreDown propagates), keep the member's flow control right."""
         key = parse_delivery_id(delivery_id)
@@ -114,10 +116,20 @@ class Actions:
         return ActionStatus.STALE if member.group in states else ActionStatus.UNKNOWN
 
     def _account(
-        self, member: Member, key: DeliveryKey, status: ActionStatus, settles: bool
+        self,
+        member: Member,
+        key: DeliveryKey,
+        status: ActionStatus,
+        settles: DeliveryState | Literal[False] | None,
     ) -> None:
+        """Free the member's slot; tell waiting publishes what the action made of the delivery
+        (`settles`: the state it now has, None: unknown, False: not a settling action)."""
         if status is not ActionStatus.OK:
             member.settle(key)  # not this stream's lease any more: its slot is free
-        elif settles:
+        elif settles is not False:
+            attempt = member.attempt(key)
             member.settle(key)
-            self.settles.notify(key[0])
+            if settles is None or attempt is None:
+                self.settles.notify(key[0])
+            else:
+                self.settles.notify(key[0], member.group, GroupDelivery(settles, attempt))

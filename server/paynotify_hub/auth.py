@@ -5,8 +5,9 @@ Every RPC except health checking and reflection passes `AuthInterceptor`:
     tokens configured (any at all)
         no `authorization: Bearer <token>`, or a token nobody configured -> UNAUTHENTICATED
         a valid token of another role                                   -> PERMISSION_DENIED
-        Publish: publisher; HubAdmin/*: admin; Subscribe: subscriber:<group>, and the group the
-        stream opens must be <group> (checked on the first request) -> else PERMISSION_DENIED
+        Publish, PublishStream: publisher; HubAdmin/*: admin; Subscribe: subscriber:<group>, and
+        the group the stream opens must be <group> (checked on the first request)
+                                                                        -> else PERMISSION_DENIED
     no token configured (loopback development, tests): Publish and Subscribe are open; HubAdmin is
         open only when the hub listens on loopback, else PERMISSION_DENIED
 
@@ -48,6 +49,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PUBLISH_METHOD: Final = "/paynotify.v1.NotificationHub/Publish"
+PUBLISH_STREAM_METHOD: Final = "/paynotify.v1.NotificationHub/PublishStream"
 SUBSCRIBE_METHOD: Final = "/paynotify.v1.NotificationHub/Subscribe"
 ADMIN_SERVICE: Final = "paynotify.v1.HubAdmin"
 # Load balancers and tools must reach these without a token; they carry no payment data.
@@ -60,7 +62,11 @@ OPEN_SERVICES: Final = frozenset(
 )
 # How long a refused streaming call may take to send its first request (see _first_request).
 FIRST_REQUEST_WAIT: Final = 1.0
-_ROLE_OF_METHOD: Final = {PUBLISH_METHOD: Role.PUBLISHER, SUBSCRIBE_METHOD: Role.SUBSCRIBER}
+_ROLE_OF_METHOD: Final = {
+    PUBLISH_METHOD: Role.PUBLISHER,
+    PUBLISH_STREAM_METHOD: Role.PUBLISHER,
+    SUBSCRIBE_METHOD: Role.SUBSCRIBER,
+}
 
 if TYPE_CHECKING:  # generic only in the type stubs
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]

@@ -73,11 +73,14 @@ class Dispatcher:
             return 0.0  # the stream is closing: its leases are released with it
         if leases:
             member.hand_out(leases)
-            for lease in leases:
-                self.metrics.deliveries.labels(member.group).inc()
-                if lease.attempt > 1:
-                    self.metrics.redeliveries.labels(member.group).inc()
-            return 0.0
+            deliveries = self.metrics.deliveries.labels(member.group)
+            deliveries.inc(len(leases))
+            redelivered = sum(1 for lease in leases if lease.attempt > 1)
+            if redelivered:
+                self.metrics.redeliveries.labels(member.group).inc(redelivered)
+            if len(leases) == slots:
+                return 0.0  # maybe more is due: claim again at once
+        # Nothing more was due when the claim ran: wait for news, or until the next one is due.
         return await self._until_due(member)
 
     async def _until_due(self, member: Member) -> float:

@@ -59,8 +59,9 @@ class Member:
         self.id = member_id
         self.settings = settings
         self._in_flight: dict[DeliveryKey, float] = {}
-        # When Alipay first sent each held notification, for the ack latency metric.
-        self._received: dict[DeliveryKey, float] = {}
+        # When Alipay first sent each held notification (for the ack latency metric), and which
+        # attempt the lease is (for the state an ack tells waiting publishes).
+        self._received: dict[DeliveryKey, tuple[float, int]] = {}
         self._outbound: asyncio.Queue[Lease | None] = asyncio.Queue()
         self._news = asyncio.Event()
         self._drained = asyncio.Event()
@@ -83,7 +84,7 @@ class Member:
         for lease in leases:
             key = (lease.notification_id, lease.token)
             self._in_flight[key] = lease.lease_expires_at
-            self._received[key] = lease.first_received_at
+            self._received[key] = (lease.first_received_at, lease.attempt)
             self._outbound.put_nowait(lease)
         self._update_drained()
 
@@ -98,7 +99,13 @@ class Member:
             self.wake()
 
     def first_received_at(self, key: DeliveryKey) -> float | None:
-        return self._received.get(key)
+        held = self._received.get(key)
+        return None if held is None else held[0]
+
+    def attempt(self, key: DeliveryKey) -> int | None:
+        """Which attempt the held lease `key` is (None: not held)."""
+        held = self._received.get(key)
+        return None if held is None else held[1]
 
     def extended(self, key: DeliveryKey, lease_expires_at: float) -> None:
         if key in self._in_flight:
@@ -112,8 +119,11 @@ class Member:
 
     async def wait_for_news(self, seconds: float) -> None:
         """Until `wake()` or `seconds`, whichever first."""
+        if self._news.is_set():
+            return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._news.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._news.wait()
 
     async def wait_drained(self, seconds: float) -> bool:
         """Until nothing is in flight; False when `seconds` passed first."""

@@ -7,7 +7,6 @@ poll of the store, whichever first; at the deadline it answers PENDING (the noti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Callable, Mapping
@@ -17,7 +16,7 @@ from paynotify_hub.config import HubConfig
 from paynotify_hub.domain import DeliveryState, GroupDelivery, NewNotification, ReceiptRecord
 from paynotify_hub.errors import ShuttingDown, StoreDown
 from paynotify_hub.metrics import HubMetrics
-from paynotify_hub.signals import GroupWakeups, SettleSignals
+from paynotify_hub.signals import GroupWakeups, SettleSignals, SettleWatch
 from paynotify_hub.store.base import Store
 from paynotify_hub.storecall import store_call
 
@@ -80,11 +79,9 @@ class Publisher:
             if not appended.created:
                 outcome = PublishOutcome.ALREADY_ACKNOWLEDGED
             return self._result(outcome, nid, appended.send_count, states)
-        with self.settles.watch(nid) as settled_event:
+        with self.settles.watch(nid) as watch:
             self.wakeups.wake(states)
-            states = await self._wait(
-                nid, notification.notify_type, states, settled_event, deadline
-            )
+            states = await self._wait(nid, notification.notify_type, states, watch, deadline)
         outcome = PublishOutcome.PENDING
         if self._settled(states, notification.notify_type):
             outcome = PublishOutcome.ACKNOWLEDGED
@@ -100,20 +97,29 @@ class Publisher:
         nid: int,
         notify_type: str,
         states: Mapping[str, GroupDelivery],
-        event: asyncio.Event,
+        watch: SettleWatch,
         deadline: float,
     ) -> Mapping[str, GroupDelivery]:
+        """Until settled, the deadline, or the hub's end. What this hub's own actions settled is
+        taken from the signal (`watch.known`); the store is read only for news without a state
+        (another hub's, a nack's) and on each safety poll."""
         loop = asyncio.get_running_loop()
         while not self.ended():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(remaining, self.config.poll_interval))
+            fired = await _wait_event(watch.event, min(remaining, self.config.poll_interval))
+            watch.event.clear()
+            if watch.known:
+                states = {**states, **watch.known}
+                if self._settled(states, notify_type):
+                    break
             remaining = deadline - loop.time()
             if remaining <= 0 or self.ended():
                 break
+            if fired and not watch.unexplained:
+                continue  # only this hub's own news, already applied
+            watch.unexplained = False
             try:
                 states = await store_call(
                     "group_states", self.store.group_states(nid), remaining, self.metrics
@@ -152,3 +158,15 @@ class Publisher:
     def _required(self, name: str) -> bool:
         spec = self.config.group(name)
         return spec is not None and spec.required
+
+
+async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` fired within `seconds`."""
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -32,6 +32,7 @@ from paynotify_hub.convert import (
 from paynotify_hub.domain import ActionStatus
 from paynotify_hub.errors import HubError, InvalidArgument, Unavailable
 from paynotify_hub.member import Member
+from paynotify_hub.publish_stream import PublishStreamSession
 from paynotify_hub.status import status_code_for
 
 __all__ = ["NotificationHubServicer", "Undecodable", "add_notification_hub"]
@@ -40,6 +41,12 @@ logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[hub_pb2.SubscribeRequest, hub_pb2.SubscribeResponse]
 PublishContext = grpc.aio.ServicerContext[hub_pb2.PublishRequest, hub_pb2.PublishResponse]
+PublishStreamContext = grpc.aio.ServicerContext[
+    hub_pb2.PublishStreamRequest, hub_pb2.PublishStreamResponse
+]
+
+# The longest a caller may have a publish wait (a stream item's `wait`, a unary deadline).
+MAX_CALLER_WAIT = 300.0
 
 _STATUS = {
     ActionStatus.OK: hub_pb2.ACTION_STATUS_OK,
@@ -68,23 +75,41 @@ class NotificationHubServicer(hub_pb2_grpc.NotificationHubServicer):
     ) -> hub_pb2.PublishResponse:
         if isinstance(request, Undecodable):
             await _abort(context, InvalidArgument(request.reason()))
+        try:
+            return await self._publish(request, context.time_remaining())
+        except HubError as exc:
+            await _abort(context, exc)
+
+    async def PublishStream(
+        self,
+        request_iterator: AsyncIterator[hub_pb2.PublishStreamRequest],
+        context: PublishStreamContext,
+    ) -> AsyncIterator[hub_pb2.PublishStreamResponse]:
+        session = PublishStreamSession(self._publish, _undecodable_reason)
+        async for response in session.responses(request_iterator):
+            yield response
+        if session.error is not None:
+            await _abort(context, session.error)
+
+    async def _publish(
+        self, request: hub_pb2.PublishRequest, remaining: float | None
+    ) -> hub_pb2.PublishResponse:
+        """One publish (unary or a stream's item); HubError propagates."""
         detail = validate_publish(request, self._config.max_notification_bytes)
         if detail is not None:
             return publish_response_rejected(detail)
-        try:
-            result = await self._broker.publish(
-                new_notification(request.notification),
-                receipt_of(request, self._clock()),
-                self._publish_timeout(context.time_remaining()),
-            )
-        except HubError as exc:
-            await _abort(context, exc)
+        result = await self._broker.publish(
+            new_notification(request.notification),
+            receipt_of(request, self._clock()),
+            self._publish_timeout(remaining),
+        )
         return publish_response(result)
 
     def _publish_timeout(self, remaining: float | None) -> float:
         """Answer PENDING shortly before the caller's deadline; without one, after the max wait."""
         if remaining is None:
             return self._config.publish_max_wait
+        remaining = min(remaining, MAX_CALLER_WAIT)
         return max(0.0, remaining - self._config.publish_margin)
 
     async def Subscribe(
@@ -200,8 +225,15 @@ class _Stream:
                 hub_pb2.ActionResult(delivery_id=delivery_id, kind=kind, status=_STATUS[status])
             )
 
-        for ack_id in request.ack_ids:
-            add(ack_id, hub_pb2.ACTION_KIND_ACK, await b.ack(m, ack_id))
+        # A request's acks are awaited together: the store commits them in one transaction
+        # (one fsync for the batch, not one each). Nacks, rejects and extensions stay in order.
+        ack_ids = list(request.ack_ids)
+        if len(ack_ids) == 1:
+            add(ack_ids[0], hub_pb2.ACTION_KIND_ACK, await b.ack(m, ack_ids[0]))
+        elif ack_ids:
+            statuses = await asyncio.gather(*(b.ack(m, ack_id) for ack_id in ack_ids))
+            for ack_id, status in zip(ack_ids, statuses, strict=True):
+                add(ack_id, hub_pb2.ACTION_KIND_ACK, status)
         for nack in request.nacks:
             status = await b.nack(m, nack.delivery_id, duration_or_none(nack, "delay"))
             add(nack.delivery_id, hub_pb2.ACTION_KIND_NACK, status)
@@ -249,6 +281,10 @@ class Undecodable:
         return f"the request is not a valid {self.type_name} (protobuf wire format or UTF-8)"
 
 
+def _undecodable_reason(request: object) -> str | None:
+    return request.reason() if isinstance(request, Undecodable) else None
+
+
 def _lenient(message_type: Any) -> Callable[[bytes], Any]:
     name = message_type.DESCRIPTOR.full_name
 
@@ -268,6 +304,11 @@ def add_notification_hub(servicer: NotificationHubServicer, server: grpc.aio.Ser
             servicer.Publish,
             request_deserializer=_lenient(hub_pb2.PublishRequest),
             response_serializer=hub_pb2.PublishResponse.SerializeToString,
+        ),
+        "PublishStream": grpc.stream_stream_rpc_method_handler(
+            servicer.PublishStream,
+            request_deserializer=_lenient(hub_pb2.PublishStreamRequest),
+            response_serializer=hub_pb2.PublishStreamResponse.SerializeToString,
         ),
         "Subscribe": grpc.stream_stream_rpc_method_handler(
             servicer.Subscribe,

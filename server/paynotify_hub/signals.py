@@ -10,41 +10,63 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+from paynotify_hub.domain import GroupDelivery
 from paynotify_hub.member import Member
 
-__all__ = ["GroupWakeups", "SettleSignals"]
+__all__ = ["GroupWakeups", "SettleSignals", "SettleWatch"]
+
+
+class SettleWatch:
+    """One publish's view of its notification: `event` fires on news; `known` holds the states
+    this hub itself just gave deliveries (an ack the store confirmed is ACKED, no need to read
+    it back); `unexplained` is set by news that carried no state (another hub's event, a nack,
+    a released lease): only a store read tells what changed."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.known: dict[str, GroupDelivery] = {}
+        self.unexplained = False
 
 
 class SettleSignals:
     """Publish calls waiting for a notification's deliveries to settle."""
 
     def __init__(self) -> None:
-        self._events: defaultdict[int, set[asyncio.Event]] = defaultdict(set)
+        self._watches: defaultdict[int, set[SettleWatch]] = defaultdict(set)
 
     @contextmanager
-    def watch(self, notification_id: int) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
-        self._events[notification_id].add(event)
+    def watch(self, notification_id: int) -> Iterator[SettleWatch]:
+        watch = SettleWatch()
+        self._watches[notification_id].add(watch)
         try:
-            yield event
+            yield watch
         finally:
-            waiting = self._events.get(notification_id)
+            waiting = self._watches.get(notification_id)
             if waiting is not None:
-                waiting.discard(event)
+                waiting.discard(watch)
                 if not waiting:
-                    del self._events[notification_id]
+                    del self._watches[notification_id]
 
-    def notify(self, notification_id: int) -> None:
-        for event in self._events.get(notification_id, ()):
-            event.set()
+    def notify(
+        self, notification_id: int, group: str | None = None, delivery: GroupDelivery | None = None
+    ) -> None:
+        """News of `notification_id`: with `group` and `delivery`, that group's delivery is now
+        `delivery` (as the store confirmed); without, something changed."""
+        for watch in self._watches.get(notification_id, ()):
+            if group is not None and delivery is not None:
+                watch.known[group] = delivery
+            else:
+                watch.unexplained = True
+            watch.event.set()
 
     def notify_all(self) -> None:
-        for events in self._events.values():
-            for event in events:
-                event.set()
+        for watches in self._watches.values():
+            for watch in watches:
+                watch.unexplained = True
+                watch.event.set()
 
     def __len__(self) -> int:
-        return sum(len(events) for events in self._events.values())
+        return sum(len(watches) for watches in self._watches.values())
 
 
 class GroupWakeups:

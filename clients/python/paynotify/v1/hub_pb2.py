@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paynotify.v1 import notification_pb2 as paynotify_dot_v1_dot_notification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16paynotify/v1/hub.proto\x12\x0cpaynotify.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fpaynotify/v1/notification.proto\"w\n\x07Receipt\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x14\n\x0crequest_time\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"q\n\x0ePublishRequest\x12\x37\n\x0cnotification\x18\x01 \x01(\x0b\x32!.paynotify.v1.PaymentNotification\x12&\n\x07receipt\x18\x02 \x01(\x0b\x32\x15.paynotify.v1.Receipt\"l\n\x0bGroupStatus\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08required\x18\x02 \x01(\x08\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.paynotify.v1.DeliveryState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\"\xaf\x01\n\x0fPublishResponse\x12-\n\x07outcome\x18\x01 \x01(\x0e\x32\x1c.paynotify.v1.PublishOutcome\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x17\n\x0fnotification_id\x18\x03 \x01(\t\x12\x19\n\x11\x61lipay_send_count\x18\x04 \x01(\r\x12)\n\x06groups\x18\x05 \x03(\x0b\x32\x19.paynotify.v1.GroupStatus\"\xbc\x01\n\x10SubscribeRequest\x12 \n\x04open\x18\x01 \x01(\x0b\x32\x12.paynotify.v1.Open\x12\x0f\n\x07\x61\x63k_ids\x18\x02 \x03(\t\x12!\n\x05nacks\x18\x03 \x03(\x0b\x32\x12.paynotify.v1.Nack\x12%\n\x07rejects\x18\x04 \x03(\x0b\x32\x14.paynotify.v1.Reject\x12+\n\nextensions\x18\x05 \x03(\x0b\x32\x17.paynotify.v1.Extension\"\xa0\x01\n\x04Open\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rmax_in_flight\x18\x03 \x01(\r\x12/\n\x0c\x61\x63k_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0cnotify_types\x18\x05 \x03(\x0e\x32\x18.paynotify.v1.NotifyType\"E\n\x04Nack\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"-\n\x06Reject\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"N\n\tExtension\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12,\n\textension\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x99\x01\n\x11SubscribeResponse\x12$\n\x06opened\x18\x01 \x01(\x0b\x32\x14.paynotify.v1.Opened\x12*\n\ndeliveries\x18\x02 \x03(\x0b\x32\x16.paynotify.v1.Delivery\x12\x32\n\x0e\x61\x63tion_results\x18\x03 \x03(\x0b\x32\x1a.paynotify.v1.ActionResult\"r\n\x06Opened\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x15\n\rmax_in_flight\x18\x03 \x01(\r\x12/\n\x0c\x61\x63k_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9c\x02\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x17\n\x0fnotification_id\x18\x02 \x01(\t\x12\x37\n\x0cnotification\x18\x03 \x01(\x0b\x32!.paynotify.v1.PaymentNotification\x12\x10\n\x08raw_json\x18\x04 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x19\n\x11\x61lipay_send_count\x18\x06 \x01(\r\x12\x35\n\x11\x66irst_received_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10lease_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0c\x41\x63tionResult\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.paynotify.v1.ActionKind\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.paynotify.v1.ActionStatus*\xb8\x01\n\x0ePublishOutcome\x12\x1f\n\x1bPUBLISH_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cPUBLISH_OUTCOME_ACKNOWLEDGED\x10\x01\x12(\n$PUBLISH_OUTCOME_ALREADY_ACKNOWLEDGED\x10\x02\x12\x1b\n\x17PUBLISH_OUTCOME_PENDING\x10\x03\x12\x1c\n\x18PUBLISH_OUTCOME_REJECTED\x10\x04*\x99\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45LIVERY_STATE_PENDING\x10\x01\x12\x19\n\x15\x44\x45LIVERY_STATE_LEASED\x10\x02\x12\x18\n\x14\x44\x45LIVERY_STATE_ACKED\x10\x03\x12\x17\n\x13\x44\x45LIVERY_STATE_DEAD\x10\x04*\x84\x01\n\nActionKind\x12\x1b\n\x17\x41\x43TION_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TION_KIND_ACK\x10\x01\x12\x14\n\x10\x41\x43TION_KIND_NACK\x10\x02\x12\x16\n\x12\x41\x43TION_KIND_REJECT\x10\x03\x12\x16\n\x12\x41\x43TION_KIND_EXTEND\x10\x04*w\n\x0c\x41\x63tionStatus\x12\x1d\n\x19\x41\x43TION_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43TION_STATUS_OK\x10\x01\x12\x19\n\x15\x41\x43TION_STATUS_UNKNOWN\x10\x02\x12\x17\n\x13\x41\x43TION_STATUS_STALE\x10\x03\x32\xab\x01\n\x0fNotificationHub\x12\x46\n\x07Publish\x12\x1c.paynotify.v1.PublishRequest\x1a\x1d.paynotify.v1.PublishResponse\x12P\n\tSubscribe\x12\x1e.paynotify.v1.SubscribeRequest\x1a\x1f.paynotify.v1.SubscribeResponse(\x01\x30\x01\x42.\n\x10\x63om.paynotify.v1P\x01Z\x18paynotify/v1;paynotifyv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16paynotify/v1/hub.proto\x12\x0cpaynotify.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fpaynotify/v1/notification.proto\"w\n\x07Receipt\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x14\n\x0crequest_time\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"q\n\x0ePublishRequest\x12\x37\n\x0cnotification\x18\x01 \x01(\x0b\x32!.paynotify.v1.PaymentNotification\x12&\n\x07receipt\x18\x02 \x01(\x0b\x32\x15.paynotify.v1.Receipt\"@\n\x14PublishStreamRequest\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.paynotify.v1.PublishItem\"r\n\x0bPublishItem\x12\x0b\n\x03ref\x18\x01 \x01(\x04\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.paynotify.v1.PublishRequest\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x15PublishStreamResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.paynotify.v1.PublishItemResult\"|\n\x11PublishItemResult\x12\x0b\n\x03ref\x18\x01 \x01(\x04\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1d.paynotify.v1.PublishResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"l\n\x0bGroupStatus\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08required\x18\x02 \x01(\x08\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.paynotify.v1.DeliveryState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\"\xaf\x01\n\x0fPublishResponse\x12-\n\x07outcome\x18\x01 \x01(\x0e\x32\x1c.paynotify.v1.PublishOutcome\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x17\n\x0fnotification_id\x18\x03 \x01(\t\x12\x19\n\x11\x61lipay_send_count\x18\x04 \x01(\r\x12)\n\x06groups\x18\x05 \x03(\x0b\x32\x19.paynotify.v1.GroupStatus\"\xbc\x01\n\x10SubscribeRequest\x12 \n\x04open\x18\x01 \x01(\x0b\x32\x12.paynotify.v1.Open\x12\x0f\n\x07\x61\x63k_ids\x18\x02 \x03(\t\x12!\n\x05nacks\x18\x03 \x03(\x0b\x32\x12.paynotify.v1.Nack\x12%\n\x07rejects\x18\x04 \x03(\x0b\x32\x14.paynotify.v1.Reject\x12+\n\nextensions\x18\x05 \x03(\x0b\x32\x17.paynotify.v1.Extension\"\xa0\x01\n\x04Open\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rmax_in_flight\x18\x03 \x01(\r\x12/\n\x0c\x61\x63k_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0cnotify_types\x18\x05 \x03(\x0e\x32\x18.paynotify.v1.NotifyType\"E\n\x04Nack\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"-\n\x06Reject\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"N\n\tExtension\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12,\n\textension\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x99\x01\n\x11SubscribeResponse\x12$\n\x06opened\x18\x01 \x01(\x0b\x32\x14.paynotify.v1.Opened\x12*\n\ndeliveries\x18\x02 \x03(\x0b\x32\x16.paynotify.v1.Delivery\x12\x32\n\x0e\x61\x63tion_results\x18\x03 \x03(\x0b\x32\x1a.paynotify.v1.ActionResult\"r\n\x06Opened\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x15\n\rmax_in_flight\x18\x03 \x01(\r\x12/\n\x0c\x61\x63k_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9c\x02\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x17\n\x0fnotification_id\x18\x02 \x01(\t\x12\x37\n\x0cnotification\x18\x03 \x01(\x0b\x32!.paynotify.v1.PaymentNotification\x12\x10\n\x08raw_json\x18\x04 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x19\n\x11\x61lipay_send_count\x18\x06 \x01(\r\x12\x35\n\x11\x66irst_received_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10lease_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0c\x41\x63tionResult\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.paynotify.v1.ActionKind\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.paynotify.v1.ActionStatus*\xb8\x01\n\x0ePublishOutcome\x12\x1f\n\x1bPUBLISH_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cPUBLISH_OUTCOME_ACKNOWLEDGED\x10\x01\x12(\n$PUBLISH_OUTCOME_ALREADY_ACKNOWLEDGED\x10\x02\x12\x1b\n\x17PUBLISH_OUTCOME_PENDING\x10\x03\x12\x1c\n\x18PUBLISH_OUTCOME_REJECTED\x10\x04*\x99\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45LIVERY_STATE_PENDING\x10\x01\x12\x19\n\x15\x44\x45LIVERY_STATE_LEASED\x10\x02\x12\x18\n\x14\x44\x45LIVERY_STATE_ACKED\x10\x03\x12\x17\n\x13\x44\x45LIVERY_STATE_DEAD\x10\x04*\x84\x01\n\nActionKind\x12\x1b\n\x17\x41\x43TION_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TION_KIND_ACK\x10\x01\x12\x14\n\x10\x41\x43TION_KIND_NACK\x10\x02\x12\x16\n\x12\x41\x43TION_KIND_REJECT\x10\x03\x12\x16\n\x12\x41\x43TION_KIND_EXTEND\x10\x04*w\n\x0c\x41\x63tionStatus\x12\x1d\n\x19\x41\x43TION_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43TION_STATUS_OK\x10\x01\x12\x19\n\x15\x41\x43TION_STATUS_UNKNOWN\x10\x02\x12\x17\n\x13\x41\x43TION_STATUS_STALE\x10\x03\x32\x89\x02\n\x0fNotificationHub\x12\x46\n\x07Publish\x12\x1c.paynotify.v1.PublishRequest\x1a\x1d.paynotify.v1.PublishResponse\x12\\\n\rPublishStream\x12\".paynotify.v1.PublishStreamRequest\x1a#.paynotify.v1.PublishStreamResponse(\x01\x30\x01\x12P\n\tSubscribe\x12\x1e.paynotify.v1.SubscribeRequest\x1a\x1f.paynotify.v1.SubscribeResponse(\x01\x30\x01\x42.\n\x10\x63om.paynotify.v1P\x01Z\x18paynotify/v1;paynotifyv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +35,48 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paynotify.v1.hub_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020com.paynotify.v1P\001Z\030paynotify/v1;paynotifyv1'
-  _globals['_PUBLISHOUTCOME']._serialized_start=1895
-  _globals['_PUBLISHOUTCOME']._serialized_end=2079
-  _globals['_DELIVERYSTATE']._serialized_start=2082
-  _globals['_DELIVERYSTATE']._serialized_end=2235
-  _globals['_ACTIONKIND']._serialized_start=2238
-  _globals['_ACTIONKIND']._serialized_end=2370
-  _globals['_ACTIONSTATUS']._serialized_start=2372
-  _globals['_ACTIONSTATUS']._serialized_end=2491
+  _globals['_PUBLISHOUTCOME']._serialized_start=2278
+  _globals['_PUBLISHOUTCOME']._serialized_end=2462
+  _globals['_DELIVERYSTATE']._serialized_start=2465
+  _globals['_DELIVERYSTATE']._serialized_end=2618
+  _globals['_ACTIONKIND']._serialized_start=2621
+  _globals['_ACTIONKIND']._serialized_end=2753
+  _globals['_ACTIONSTATUS']._serialized_start=2755
+  _globals['_ACTIONSTATUS']._serialized_end=2874
   _globals['_RECEIPT']._serialized_start=138
   _globals['_RECEIPT']._serialized_end=257
   _globals['_PUBLISHREQUEST']._serialized_start=259
   _globals['_PUBLISHREQUEST']._serialized_end=372
-  _globals['_GROUPSTATUS']._serialized_start=374
-  _globals['_GROUPSTATUS']._serialized_end=482
-  _globals['_PUBLISHRESPONSE']._serialized_start=485
-  _globals['_PUBLISHRESPONSE']._serialized_end=660
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=663
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=851
-  _globals['_OPEN']._serialized_start=854
-  _globals['_OPEN']._serialized_end=1014
-  _globals['_NACK']._serialized_start=1016
-  _globals['_NACK']._serialized_end=1085
-  _globals['_REJECT']._serialized_start=1087
-  _globals['_REJECT']._serialized_end=1132
-  _globals['_EXTENSION']._serialized_start=1134
-  _globals['_EXTENSION']._serialized_end=1212
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1215
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1368
-  _globals['_OPENED']._serialized_start=1370
-  _globals['_OPENED']._serialized_end=1484
-  _globals['_DELIVERY']._serialized_start=1487
-  _globals['_DELIVERY']._serialized_end=1771
-  _globals['_ACTIONRESULT']._serialized_start=1773
-  _globals['_ACTIONRESULT']._serialized_end=1892
-  _globals['_NOTIFICATIONHUB']._serialized_start=2494
-  _globals['_NOTIFICATIONHUB']._serialized_end=2665
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=374
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=438
+  _globals['_PUBLISHITEM']._serialized_start=440
+  _globals['_PUBLISHITEM']._serialized_end=554
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_start=556
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_end=629
+  _globals['_PUBLISHITEMRESULT']._serialized_start=631
+  _globals['_PUBLISHITEMRESULT']._serialized_end=755
+  _globals['_GROUPSTATUS']._serialized_start=757
+  _globals['_GROUPSTATUS']._serialized_end=865
+  _globals['_PUBLISHRESPONSE']._serialized_start=868
+  _globals['_PUBLISHRESPONSE']._serialized_end=1043
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1046
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1234
+  _globals['_OPEN']._serialized_start=1237
+  _globals['_OPEN']._serialized_end=1397
+  _globals['_NACK']._serialized_start=1399
+  _globals['_NACK']._serialized_end=1468
+  _globals['_REJECT']._serialized_start=1470
+  _globals['_REJECT']._serialized_end=1515
+  _globals['_EXTENSION']._serialized_start=1517
+  _globals['_EXTENSION']._serialized_end=1595
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1598
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1751
+  _globals['_OPENED']._serialized_start=1753
+  _globals['_OPENED']._serialized_end=1867
+  _globals['_DELIVERY']._serialized_start=1870
+  _globals['_DELIVERY']._serialized_end=2154
+  _globals['_ACTIONRESULT']._serialized_start=2156
+  _globals['_ACTIONRESULT']._serialized_end=2275
+  _globals['_NOTIFICATIONHUB']._serialized_start=2877
+  _globals['_NOTIFICATIONHUB']._serialized_end=3142
 # @@protoc_insertion_point(module_scope)

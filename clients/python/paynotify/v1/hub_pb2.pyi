@@ -185,6 +185,117 @@ class PublishRequest(_message.Message):
 Global___PublishRequest: _TypeAlias = PublishRequest  # noqa: Y015
 
 @_typing.final
+class PublishStreamRequest(_message.Message):
+    """A batch of publishes on a PublishStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___PublishItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishStreamRequest: _TypeAlias = PublishStreamRequest  # noqa: Y015
+
+@_typing.final
+class PublishItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    ref: _builtins.int
+    """Chosen by the caller, unique among its items in flight on this stream; echoed in the result."""
+    @_builtins.property
+    def request(self) -> Global___PublishRequest: ...
+    @_builtins.property
+    def wait(self) -> _duration_pb2.Duration:
+        """How long the caller waits for the result (Publish's deadline): the hub answers
+        PUBLISH_OUTCOME_PENDING shortly before it passes. Unset: the hub's maximum wait.
+        """
+
+    def __init__(
+        self,
+        *,
+        ref: _builtins.int = ...,
+        request: Global___PublishRequest | None = ...,
+        wait: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "wait", b"wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref", "request", b"request", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishItem: _TypeAlias = PublishItem  # noqa: Y015
+
+@_typing.final
+class PublishStreamResponse(_message.Message):
+    """A batch of results on a PublishStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishItemResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PublishItemResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishStreamResponse: _TypeAlias = PublishStreamResponse  # noqa: Y015
+
+@_typing.final
+class PublishItemResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    ref: _builtins.int
+    error_code: _builtins.int
+    """...or, when `error_code` is not 0 (OK), the gRPC status code Publish would have failed with
+    (UNAVAILABLE: store down or hub shutting down, publish again; INVALID_ARGUMENT: bad item;
+    RESOURCE_EXHAUSTED: too many items in flight on this stream) and why.
+    """
+    error_message: _builtins.str
+    @_builtins.property
+    def response(self) -> Global___PublishResponse:
+        """The item's answer, as Publish would have returned it (REJECTED included)..."""
+
+    def __init__(
+        self,
+        *,
+        ref: _builtins.int = ...,
+        response: Global___PublishResponse | None = ...,
+        error_code: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "ref", b"ref", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishItemResult: _TypeAlias = PublishItemResult  # noqa: Y015
+
+@_typing.final
 class GroupStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -39,6 +39,11 @@ class NotificationHubStub:
                 request_serializer=paynotify_dot_v1_dot_hub__pb2.PublishRequest.SerializeToString,
                 response_deserializer=paynotify_dot_v1_dot_hub__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.stream_stream(
+                '/paynotify.v1.NotificationHub/PublishStream',
+                request_serializer=paynotify_dot_v1_dot_hub__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=paynotify_dot_v1_dot_hub__pb2.PublishStreamResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.stream_stream(
                 '/paynotify.v1.NotificationHub/Subscribe',
                 request_serializer=paynotify_dot_v1_dot_hub__pb2.SubscribeRequest.SerializeToString,
@@ -52,6 +57,18 @@ class NotificationHubServicer:
     def Publish(self, request, context):
         """Store (once, by identity) and wait until every required group has acknowledged, or until the
         caller's gRPC deadline is near: the hub answers OUTCOME_PENDING shortly before it passes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishStream(self, request_iterator, context):
+        """Many Publishes over one long-lived stream (what the HTTP bridge uses: no per-call setup).
+        Each PublishItem is one Publish with the same semantics; it is answered by exactly one
+        PublishItemResult with the same `ref`, in any order, as soon as its outcome is known. Items
+        still waiting when the caller half-closes are answered before the stream ends.
+        Status codes of the stream itself: INVALID_ARGUMENT (undecodable request), UNAVAILABLE (hub
+        shutting down; items not answered yet are safe to publish again elsewhere).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,6 +91,11 @@ def add_NotificationHubServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=paynotify_dot_v1_dot_hub__pb2.PublishRequest.FromString,
                     response_serializer=paynotify_dot_v1_dot_hub__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=paynotify_dot_v1_dot_hub__pb2.PublishStreamRequest.FromString,
+                    response_serializer=paynotify_dot_v1_dot_hub__pb2.PublishStreamResponse.SerializeToString,
             ),
             'Subscribe': grpc.stream_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -108,6 +130,33 @@ class NotificationHub:
             '/paynotify.v1.NotificationHub/Publish',
             paynotify_dot_v1_dot_hub__pb2.PublishRequest.SerializeToString,
             paynotify_dot_v1_dot_hub__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/paynotify.v1.NotificationHub/PublishStream',
+            paynotify_dot_v1_dot_hub__pb2.PublishStreamRequest.SerializeToString,
+            paynotify_dot_v1_dot_hub__pb2.PublishStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,14 @@ class NotificationHubStub:
     """Store (once, by identity) and wait until every required group has acknowledged, or until the
     caller's gRPC deadline is near: the hub answers OUTCOME_PENDING shortly before it passes.
     """
+    PublishStream: _grpc.StreamStreamMultiCallable[_hub_pb2.PublishStreamRequest, _hub_pb2.PublishStreamResponse]
+    """Many Publishes over one long-lived stream (what the HTTP bridge uses: no per-call setup).
+    Each PublishItem is one Publish with the same semantics; it is answered by exactly one
+    PublishItemResult with the same `ref`, in any order, as soon as its outcome is known. Items
+    still waiting when the caller half-closes are answered before the stream ends.
+    Status codes of the stream itself: INVALID_ARGUMENT (undecodable request), UNAVAILABLE (hub
+    shutting down; items not answered yet are safe to publish again elsewhere).
+    """
     Subscribe: _grpc.StreamStreamMultiCallable[_hub_pb2.SubscribeRequest, _hub_pb2.SubscribeResponse]
     """The first request must carry `open`; later requests carry acks, nacks, rejects and extensions.
     The hub streams deliveries, never more than max_in_flight unacknowledged at once.
@@ -53,6 +61,14 @@ class NotificationHubAsyncStub(NotificationHubStub):
     Publish: _aio.UnaryUnaryMultiCallable[_hub_pb2.PublishRequest, _hub_pb2.PublishResponse]  # type: ignore[assignment]
     """Store (once, by identity) and wait until every required group has acknowledged, or until the
     caller's gRPC deadline is near: the hub answers OUTCOME_PENDING shortly before it passes.
+    """
+    PublishStream: _aio.StreamStreamMultiCallable[_hub_pb2.PublishStreamRequest, _hub_pb2.PublishStreamResponse]  # type: ignore[assignment]
+    """Many Publishes over one long-lived stream (what the HTTP bridge uses: no per-call setup).
+    Each PublishItem is one Publish with the same semantics; it is answered by exactly one
+    PublishItemResult with the same `ref`, in any order, as soon as its outcome is known. Items
+    still waiting when the caller half-closes are answered before the stream ends.
+    Status codes of the stream itself: INVALID_ARGUMENT (undecodable request), UNAVAILABLE (hub
+    shutting down; items not answered yet are safe to publish again elsewhere).
     """
     Subscribe: _aio.StreamStreamMultiCallable[_hub_pb2.SubscribeRequest, _hub_pb2.SubscribeResponse]  # type: ignore[assignment]
     """The first request must carry `open`; later requests carry acks, nacks, rejects and extensions.
@@ -70,6 +86,20 @@ class NotificationHubServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_hub_pb2.PublishResponse, _abc.Awaitable[_hub_pb2.PublishResponse]]:
         """Store (once, by identity) and wait until every required group has acknowledged, or until the
         caller's gRPC deadline is near: the hub answers OUTCOME_PENDING shortly before it passes.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_hub_pb2.PublishStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_hub_pb2.PublishStreamResponse], _abc.AsyncIterator[_hub_pb2.PublishStreamResponse]]:
+        """Many Publishes over one long-lived stream (what the HTTP bridge uses: no per-call setup).
+        Each PublishItem is one Publish with the same semantics; it is answered by exactly one
+        PublishItemResult with the same `ref`, in any order, as soon as its outcome is known. Items
+        still waiting when the caller half-closes are answered before the stream ends.
+        Status codes of the stream itself: INVALID_ARGUMENT (undecodable request), UNAVAILABLE (hub
+        shutting down; items not answered yet are safe to publish again elsewhere).
         """
 
     @_abc_1.abstractmethod
