@@ -77,6 +77,7 @@ class Broker:
         self._settles = SettleSignals()
         self._wakeups = GroupWakeups()
         self._tasks: dict[Member, asyncio.Task[None]] = {}
+        self._end_listeners: set[Callable[[], None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher = Dispatcher(store, config, self.metrics, clock)
@@ -98,6 +99,12 @@ class Broker:
     def connected_members(self) -> list[Member]:
         """The streams open on this hub now (for status pages; read, do not change)."""
         return self._wakeups.members()
+
+    def on_end(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` once the hub has ended its streams (publish streams end then too);
+        returns the function that removes it."""
+        self._end_listeners.add(listener)
+        return lambda: self._end_listeners.discard(listener)
 
     def observe_acks(self, observer: Callable[[str, float], None]) -> None:
         """Call `observer(group, first_received_at)` for every ack that lands on this hub."""
@@ -136,13 +143,18 @@ class Broker:
         await asyncio.gather(*(m.wait_drained(drain) for m in members))
         for member in self._wakeups.members():
             member.end()
+        self._end()
+
+    def _end(self) -> None:
         self._ended = True
         self._settles.notify_all()
+        for listener in list(self._end_listeners):
+            listener()
 
     async def close(self) -> None:
         """Stop the background loops and release the leases of members still open."""
-        self._stopping = self._ended = True
-        self._settles.notify_all()
+        self._stopping = True
+        self._end()
         self._housekeeper.stop()
         for task in self._background:
             task.cancel()

@@ -19,7 +19,7 @@ from typing import Final
 import grpc
 
 from paynotify.v1 import hub_pb2
-from paynotify_hub.errors import HubError, InvalidArgument
+from paynotify_hub.errors import HubError, InvalidArgument, ShuttingDown
 from paynotify_hub.status import status_code_for
 
 __all__ = ["MAX_ITEMS_IN_FLIGHT", "MAX_RESULTS_PER_MESSAGE", "ItemPublish", "PublishStreamSession"]
@@ -63,7 +63,13 @@ class PublishStreamSession:
         # Set whenever results were taken for sending: the reader may go on.
         self._room = asyncio.Event()
         self._reading = True
+        self._hub_ended = False
         self.error: HubError | None = None
+
+    def hub_ended(self) -> None:
+        """The hub ended its streams: answer what still waits, then end with UNAVAILABLE."""
+        self._hub_ended = True
+        self._news.set()
 
     async def responses(
         self, requests: AsyncIterator[hub_pb2.PublishStreamRequest]
@@ -79,6 +85,9 @@ class PublishStreamSession:
                     self._room.set()
                     yield hub_pb2.PublishStreamResponse(results=batch)
                 if self.error is not None or (not self._reading and not self._tasks):
+                    return
+                if self._hub_ended and not self._tasks:
+                    self.error = ShuttingDown("hub shutting down; publish again on another hub")
                     return
         finally:
             reader.cancel()

@@ -30,7 +30,7 @@ from paynotify_hub.convert import (
     validate_publish,
 )
 from paynotify_hub.domain import ActionStatus
-from paynotify_hub.errors import HubError, InvalidArgument, Unavailable
+from paynotify_hub.errors import HubError, InvalidArgument, ShuttingDown, Unavailable
 from paynotify_hub.member import Member
 from paynotify_hub.publish_stream import PublishStreamSession
 from paynotify_hub.status import status_code_for
@@ -86,8 +86,14 @@ class NotificationHubServicer(hub_pb2_grpc.NotificationHubServicer):
         context: PublishStreamContext,
     ) -> AsyncIterator[hub_pb2.PublishStreamResponse]:
         session = PublishStreamSession(self._publish, _undecodable_reason)
-        async for response in session.responses(request_iterator):
-            yield response
+        if self._broker.stopping:
+            await _abort(context, ShuttingDown("hub shutting down, publish to another hub"))
+        forget = self._broker.on_end(session.hub_ended)
+        try:
+            async for response in session.responses(request_iterator):
+                yield response
+        finally:
+            forget()
         if session.error is not None:
             await _abort(context, session.error)
 
