@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Final
@@ -27,6 +28,8 @@ DEFAULT_GROUP: Final = "orders"
 DEFAULT_HUB: Final = "127.0.0.1:50051"
 DEFAULT_BRIDGE: Final = "127.0.0.1:8080"
 STOP_TIMEOUT: Final = 15.0
+# How long the hub and the bridge get to start listening before `run` gives up.
+START_TIMEOUT: Final = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +73,37 @@ def _banner(args: argparse.Namespace) -> str:
     )
 
 
+def _wait_listening(
+    children: Sequence[subprocess.Popen[bytes]],
+    addresses: Sequence[str],
+    stopping: Callable[[], bool],
+) -> bool:
+    """Until every address accepts a TCP connection (True), or a child exits, `stopping()`, or
+    START_TIMEOUT passes (False): the banner is only printed once what it names is up."""
+    deadline = time.monotonic() + START_TIMEOUT
+    waiting = list(addresses)
+    while waiting and time.monotonic() < deadline:
+        if stopping() or any(child.poll() is not None for child in children):
+            return False
+        if _accepts(waiting[0]):
+            waiting.pop(0)
+        else:
+            time.sleep(0.1)
+    return not waiting
+
+
+def _accepts(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1" if host != "::" else "::1"
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _stop(children: Sequence[subprocess.Popen[bytes]]) -> None:
     for child in reversed(children):  # the bridge first, so nothing new reaches the hub
         if child.poll() is None:
@@ -94,6 +128,15 @@ def run(args: argparse.Namespace) -> int:
     children = [subprocess.Popen(hub_cmd)]
     try:
         children.append(subprocess.Popen(bridge_cmd))
+        if not _wait_listening(children, (args.hub_listen, args.listen), lambda: stopping):
+            if not stopping:
+                print(
+                    f"paynotify run: the hub and the bridge did not both listen on "
+                    f"{args.hub_listen} and {args.listen} within {START_TIMEOUT:g}s "
+                    "(is a port taken? see their messages above)",
+                    file=sys.stderr,
+                )
+            return 1 if not stopping else 0
         print(_banner(args), flush=True)
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)

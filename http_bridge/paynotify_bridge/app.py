@@ -202,7 +202,9 @@ class _NotifyResource:
         resp.content_type = JSON_TYPE
         resp.data = SUCCESS_BODY
         self._metrics.count("success")
-        logger.info(
+        if not logger.isEnabledFor(logging.DEBUG):
+            return  # the hot path: counted above, every receipt is in the hub's store
+        logger.debug(
             "request %s: %s paymentId=%s acknowledged%s (notification %s, Alipay send %d)",
             receipt.request_id,
             summary.get("notify_type", ""),

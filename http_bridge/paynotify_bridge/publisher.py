@@ -1,16 +1,19 @@
 """Publish a verified notification to the hub and translate the answer into the bridge's terms.
 
-One long-lived, thread-safe gRPC channel serves every waitress thread. With several hubs it balances
-round-robin over all of them and retries a call that failed with UNAVAILABLE (a hub that went away),
-so one dead hub does not fail requests while another is up. Publish is safe to retry: the hub stores
-a notification once per identity. With `credentials` the channel is TLS (mutual TLS when they hold a
-client certificate); `token` goes with every Publish as `authorization: Bearer <token>`.
+One long-lived, thread-safe gRPC channel serves every waitress thread. Publishes go out over a few
+long-lived PublishStream calls on it (`publish_stream.StreamPool`), many per message, instead of
+one Publish call each. With several hubs the channel balances round-robin over all of them (each
+new stream lands on the next ready hub, a dead one is skipped, a frozen one dropped by keepalive
+pings); an item whose stream broke is sent again on another, as Publish is safe to retry: the hub
+stores a notification once per identity. With `credentials` the channel is TLS (mutual TLS when they
+hold a client certificate); `token` goes with every stream as `authorization: Bearer <token>`.
 
     outcome / status                       -> result
     ACKNOWLEDGED, ALREADY_ACKNOWLEDGED     -> PublishResult (the bridge answers SUCCESS)
-    PENDING, DEADLINE_EXCEEDED             -> NotAcknowledged (503, Alipay retries)
+    PENDING, no answer within `timeout`    -> NotAcknowledged (503, Alipay retries)
     REJECTED                               -> MalformedBody, the hub's detail (400, nothing stored)
     UNAVAILABLE, any other gRPC error      -> HubUnavailable (503, Alipay retries)
+    UNAUTHENTICATED, PERMISSION_DENIED     -> HubUnavailable, logged as an error (the token)
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from typing import Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from paynotify.v1 import hub_pb2, hub_pb2_grpc, notification_pb2
+from paynotify.v1 import hub_pb2, notification_pb2
 from paynotify_bridge.errors import HubUnavailable, MalformedBody, NotAcknowledged
+from paynotify_bridge.publish_stream import PublishStreamError, StreamPool, StreamSettings
 
 __all__ = ["READY_TIMEOUT", "HubPublisher", "PublishResult", "channel_target", "service_config"]
 
@@ -120,7 +124,7 @@ class HubPublisher:
 
     credentials: TLS channel credentials (None: plaintext); server_name: the name to verify in the
     hub's certificate when it is not the --hub host (with several hubs the target holds addresses).
-    token: the publisher token, sent with each Publish.
+    token: the publisher token, sent with each stream. `publish` never waits longer than `timeout`.
     """
 
     def __init__(
@@ -160,7 +164,10 @@ class HubPublisher:
             if credentials is not None
             else grpc.insecure_channel(target, options)
         )
-        self._stub = hub_pb2_grpc.NotificationHubStub(self._channel)
+        settings = StreamSettings(streams=max(2, len(self.hubs)))
+        self._streams = StreamPool(
+            self._channel, timeout, metadata=self._metadata, settings=settings
+        )
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def publish(
@@ -169,9 +176,9 @@ class HubPublisher:
         """Store and wait for the acks within `timeout` seconds; raise `PublishFailed` otherwise."""
         request = hub_pb2.PublishRequest(notification=notification, receipt=receipt)
         try:
-            response = self._stub.Publish(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise _failure_of(exc) from None
+            response = self._streams.publish(request)
+        except PublishStreamError as exc:
+            raise _failure_of(exc.code, exc.details) from None
         return _result_of(response)
 
     def ready(self) -> bool:
@@ -184,6 +191,8 @@ class HubPublisher:
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     def close(self) -> None:
+        """Fail what still waits (HubUnavailable), end the streams, close the channel."""
+        self._streams.close()
         self._channel.close()
 
 
@@ -218,25 +227,19 @@ def _log_pending(response: hub_pb2.PublishResponse) -> None:
     )
 
 
-def _failure_of(exc: grpc.RpcError) -> HubUnavailable | NotAcknowledged:
-    code = _code(exc)
+def _failure_of(code: grpc.StatusCode, details: str) -> HubUnavailable | NotAcknowledged:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return NotAcknowledged()
     if code in _REFUSED:
         logger.error(
             "the hub refused the bridge's credential (%s: %s): check --hub-token-file and the "
             "hub's --publisher-token-file",
-            code.name if code else "error",
-            _details(exc),
+            code.name,
+            details,
         )
         return HubUnavailable()
-    logger.warning("Publish failed: %s %s", code.name if code else "error", _details(exc))
+    logger.warning("Publish failed: %s %s", code.name, details)
     return HubUnavailable()
-
-
-def _details(exc: grpc.RpcError) -> str:
-    details = getattr(exc, "details", None)
-    return str(details()) if callable(details) else ""
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
