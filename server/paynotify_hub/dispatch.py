@@ -2,7 +2,8 @@
 
 Notifications wake, polling guarantees: the loop waits for `Member.wake()` (a local append, a nack,
 an expired or released lease, another hub's event) but never longer than the poll interval or the
-time until the group's next delivery falls due.
+time until the group's next delivery falls due. It asks the store when that is only when something
+may have gone into a backoff since it last asked, or when a claim found nothing due.
 """
 
 from __future__ import annotations
@@ -80,7 +81,12 @@ class Dispatcher:
                 self.metrics.redeliveries.labels(member.group).inc(redelivered)
             if len(leases) == slots:
                 return 0.0  # maybe more is due: claim again at once
-        # Nothing more was due when the claim ran: wait for news, or until the next one is due.
+            if not member.maybe_delayed:
+                # Nothing more was due and nothing can have gone into a backoff since the last
+                # look: wait for news (or the safety poll) without asking the store.
+                return self.config.poll_interval
+        # Nothing was due, or work may wait for a backoff: wait until the earliest falls due.
+        member.maybe_delayed = False
         return await self._until_due(member)
 
     async def _until_due(self, member: Member) -> float:

@@ -68,6 +68,9 @@ class Member:
         self._drained.set()
         self.dispatching = True
         self.ended = False
+        # Whether work may have become pending with a delay (a nack, an expired or released
+        # lease, another hub's news) since the dispatch loop last asked when it falls due.
+        self.maybe_delayed = True
 
     @property
     def group(self) -> str:
@@ -94,9 +97,11 @@ class Member:
     def settle(self, key: DeliveryKey) -> None:
         """The member acted on `key` (or learnt it is stale): its slot is free."""
         self._received.pop(key, None)
+        was_full = self.free_slots() <= 0
         if self._in_flight.pop(key, None) is not None:
             self._update_drained()
-            self.wake()
+            if was_full:  # the dispatch loop waits for a free slot only when there was none
+                self.wake(due_now=True)
 
     def first_received_at(self, key: DeliveryKey) -> float | None:
         held = self._received.get(key)
@@ -111,7 +116,11 @@ class Member:
         if key in self._in_flight:
             self._in_flight[key] = lease_expires_at
 
-    def wake(self) -> None:
+    def wake(self, *, due_now: bool = False) -> None:
+        """Something may be claimable; `due_now`: only work that is due at once (a new
+        notification, a free slot), nothing that waits for a backoff."""
+        if not due_now:
+            self.maybe_delayed = True
         self._news.set()
 
     def clear_news(self) -> None:

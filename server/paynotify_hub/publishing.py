@@ -80,7 +80,7 @@ class Publisher:
                 outcome = PublishOutcome.ALREADY_ACKNOWLEDGED
             return self._result(outcome, nid, appended.send_count, states)
         with self.settles.watch(nid) as watch:
-            self.wakeups.wake(states)
+            self.wakeups.wake(states, due_now=True)
             states = await self._wait(nid, notification.notify_type, states, watch, deadline)
         outcome = PublishOutcome.PENDING
         if self._settled(states, notification.notify_type):

@@ -85,10 +85,11 @@ class GroupWakeups:
             if not members:
                 del self._members[member.group]
 
-    def wake(self, groups: Iterable[str]) -> None:
+    def wake(self, groups: Iterable[str], *, due_now: bool = False) -> None:
+        """Wake the members of `groups` (`due_now`: see `Member.wake`)."""
         for group in groups:
             for member in self._members.get(group, ()):
-                member.wake()
+                member.wake(due_now=due_now)
 
     def members(self) -> list[Member]:
         return [m for members in self._members.values() for m in members]
