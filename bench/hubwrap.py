@@ -1,6 +1,6 @@
 """`paynotify` under measurement: store calls counted, and experiments that prototype a change.
 
-    python -m bench.hubwrap [--switch-interval S] [--concurrent-acks] hub --listen ... --store ...
+    python -m bench.hubwrap [--switch-interval S] hub --listen ... --store ...
 
 After the optional flags, the same arguments as `paynotify`. No project file is changed: the store
 classes' async methods are wrapped in this process only.
@@ -9,14 +9,10 @@ classes' async methods are wrapped in this process only.
   awaited, queueing included). On SIGUSR1 one line ``STORECOUNTS {...}`` goes to stdout;
   `bench.profile --count-store` takes one before and one after its load.
 - `--switch-interval S`: `sys.setswitchinterval(S)` (the bridge uses 0.0005).
-- `--concurrent-acks` (EXPERIMENT, a prototype of a recommendation, not the hub's behaviour): the
-  acks of one SubscribeRequest are awaited together (`asyncio.gather`) instead of one after the
-  other, so the SQLite store's batching puts them into one commit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
@@ -86,30 +82,6 @@ def _dump(signum: int, frame: FrameType | None) -> None:
     print(MARKER + json.dumps(data), flush=True)
 
 
-def _concurrent_acks() -> None:
-    """Prototype: a request's acks awaited together; the rest of the request as before."""
-    from paynotify.v1 import hub_pb2
-    from paynotify_hub import service
-
-    original = service._Stream._act
-
-    async def act(self: Any, request: hub_pb2.SubscribeRequest) -> list[hub_pb2.ActionResult]:
-        ids = list(request.ack_ids)
-        statuses = await asyncio.gather(*(self._broker.ack(self._member, i) for i in ids))
-        results = [
-            hub_pb2.ActionResult(
-                delivery_id=i, kind=hub_pb2.ACTION_KIND_ACK, status=service._STATUS[s]
-            )
-            for i, s in zip(ids, statuses, strict=True)
-        ]
-        rest = hub_pb2.SubscribeRequest()
-        rest.CopyFrom(request)
-        del rest.ack_ids[:]
-        return results + list(await original(self, rest))
-
-    service._Stream._act = act  # type: ignore[method-assign]
-
-
 def main() -> int:
     from paynotify_hub.store.postgres import PostgresStore
     from paynotify_hub.store.sqlite import SQLiteStore
@@ -123,8 +95,6 @@ def main() -> int:
         flag = args.pop(0)
         if flag == "--switch-interval":
             sys.setswitchinterval(float(args.pop(0)))
-        elif flag == "--concurrent-acks":
-            _concurrent_acks()
         else:
             raise SystemExit(f"bench.hubwrap: unknown flag {flag}")
     from paynotify_cli.main import main as paynotify

@@ -147,11 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         help="experiment: run the hub with sys.setswitchinterval(S) (implies --count-store)",
     )
     p.add_argument(
-        "--hub-concurrent-acks",
-        action="store_true",
-        help="experiment: the hub awaits a request's acks together (implies --count-store)",
-    )
-    p.add_argument(
         "--strace",
         action="store_true",
         help="count the hub's fsync, write, sendmsg... calls (strace -c; slows the hub down)",
@@ -185,13 +180,11 @@ def _profile(
     a: argparse.Namespace, corpus: Corpus, procs: ProcessGroup, url: str, out: Path
 ) -> None:
     options = PipelineOptions(a.log_level)
-    a.count_store = a.count_store or a.hub_switch_interval or a.hub_concurrent_acks
+    a.count_store = a.count_store or a.hub_switch_interval
     if a.count_store:
         command: tuple[str, ...] = (sys.executable, "-m", "bench.hubwrap")
         if a.hub_switch_interval:
             command += ("--switch-interval", str(a.hub_switch_interval))
-        if a.hub_concurrent_acks:
-            command += ("--concurrent-acks",)
         options = replace(options, hub_command=command)
     pipeline = Pipeline("profile", url, a.groups, corpus, procs, options)
     pipeline.start()
