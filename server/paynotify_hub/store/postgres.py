@@ -1,7 +1,9 @@
 """PostgreSQL store: several hubs share one database.
 
-Connections come from a `psycopg_pool.AsyncConnectionPool` in autocommit mode; every verb runs in
-one explicit transaction, so it is durable when it returns. Claims use `FOR UPDATE SKIP LOCKED`,
+Connections come from a `psycopg_pool.AsyncConnectionPool` in autocommit mode. The hot verbs are
+one statement each (`postgres_sql.py`), which autocommit makes its own transaction: one round trip.
+The others run in one explicit transaction. Either way a verb is durable when it returns, and its
+events are sent only if it commits. Claims use `FOR UPDATE SKIP LOCKED`,
 so hubs never lease the same delivery twice. The tables live in the first schema of the URL's
 `search_path`; `open()` migrates them from `pg_migrations/NNNN_*.sql` under an advisory lock.
 
@@ -49,6 +51,7 @@ from paynotify_hub.domain import (
     RetryPolicy,
 )
 from paynotify_hub.store import postgres_admin
+from paynotify_hub.store import postgres_sql as q
 from paynotify_hub.store.base import StoreError, StoreEvent, StoreUnavailable
 
 __all__ = ["PostgresStore"]
@@ -82,142 +85,6 @@ MIGRATIONS_FOLDER: Final = "pg_migrations"
 
 Conn: TypeAlias = AsyncConnection[TupleRow]
 Pool: TypeAlias = AsyncConnectionPool[Conn]
-
-_CREATE_MIGRATIONS_TABLE: Final = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    integer PRIMARY KEY,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)"""
-# Keyed by schema: hubs of different schemas need not wait for each other.
-_LOCK_MIGRATIONS: Final = (
-    "SELECT pg_advisory_xact_lock(hashtext('paynotify.migrate'), hashtext(current_schema()))"
-)
-_APPLIED_VERSIONS: Final = "SELECT version FROM schema_migrations"
-_RECORD_VERSION: Final = "INSERT INTO schema_migrations (version) VALUES (%s)"
-
-# (xmax = 0) is true only for a freshly inserted row: the one hub that created it sees True.
-_UPSERT_NOTIFICATION: Final = """
-INSERT INTO notifications AS n (identity, notify_type, payment_request_id, payment_id,
-    result_status, payload, send_count, first_received_at, last_received_at)
-VALUES (%(identity)s, %(notify_type)s, %(payment_request_id)s, %(payment_id)s,
-    %(result_status)s, %(payload)s, 1, %(received_at)s, %(received_at)s)
-ON CONFLICT (identity) DO UPDATE
-SET send_count = n.send_count + 1,
-    last_received_at = GREATEST(n.last_received_at, EXCLUDED.last_received_at)
-RETURNING n.id, (n.xmax = 0) AS created, n.send_count, n.first_received_at"""
-_INSERT_RECEIPT: Final = """
-INSERT INTO receipts (notification_id, received_at, client_id, request_time, request_id)
-VALUES (%(id)s, %(received_at)s, %(client_id)s, %(request_time)s, %(request_id)s)"""
-_INSERT_DELIVERIES: Final = """
-INSERT INTO deliveries (group_name, notification_id, notify_type, state, attempts, available_at)
-SELECT g, %(id)s, %(notify_type)s, 'pending', 0, %(received_at)s
-FROM unnest(%(groups)s::text[]) AS g
-ON CONFLICT (group_name, notification_id) DO NOTHING
-RETURNING group_name"""
-_GROUP_STATES: Final = """
-SELECT group_name, state, attempts FROM deliveries WHERE notification_id = %(id)s"""
-_TYPE_FILTER: Final = "(cardinality(%(types)s::text[]) = 0 OR notify_type = ANY(%(types)s::text[]))"
-_PICK_PENDING: Final = f"""
-SELECT notification_id FROM deliveries
-WHERE group_name = %(group)s AND state = 'pending' AND available_at <= %(now)s AND {_TYPE_FILTER}
-ORDER BY notification_id
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED"""
-# Changes that end or start a lease record it in delivery_history in the same statement (a
-# data-modifying WITH): no extra round trip on the hot paths.
-_HISTORY_COLUMNS: Final = """
-INSERT INTO delivery_history (notification_id, group_name, kind, at, attempt, member, state,
-    lease_expires_at, due_at, detail)"""
-_LEASE: Final = f"""
-WITH leased AS (
-    UPDATE deliveries AS d
-    SET state = 'leased', attempts = d.attempts + 1, lease_token = p.token,
-        lease_member = %(member)s, lease_expires_at = %(expires)s
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS p(notification_id, token),
-        notifications AS n
-    WHERE d.group_name = %(group)s AND d.notification_id = p.notification_id
-        AND n.id = d.notification_id
-    RETURNING d.notification_id, d.lease_token, d.attempts, d.lease_expires_at,
-        n.payload, n.notify_type, n.send_count, n.first_received_at
-), recorded AS ({_HISTORY_COLUMNS}
-    SELECT notification_id, %(group)s, 'leased', %(now)s, attempts, %(member)s, 'leased',
-        lease_expires_at, NULL, ''
-    FROM leased
-)
-SELECT * FROM leased"""
-_LOCK_DELIVERY: Final = """
-SELECT state, lease_token, attempts, lease_member FROM deliveries
-WHERE group_name = %(group)s AND notification_id = %(id)s
-FOR UPDATE"""
-_ACK: Final = f"""
-WITH acked AS (
-    UPDATE deliveries SET state = 'acked', acked_at = %(now)s, lease_expires_at = NULL
-    WHERE group_name = %(group)s AND notification_id = %(id)s
-    RETURNING notification_id, group_name, attempts, lease_member
-){_HISTORY_COLUMNS}
-SELECT notification_id, group_name, 'acked', %(now)s, attempts, coalesce(lease_member, ''),
-    'acked', NULL, NULL, ''
-FROM acked"""
-_REJECT: Final = f"""
-WITH rejected AS (
-    UPDATE deliveries
-    SET state = 'dead', dead_at = %(now)s, dead_reason = %(reason)s, lease_token = NULL,
-        lease_expires_at = NULL
-    WHERE group_name = %(group)s AND notification_id = %(id)s
-    RETURNING notification_id, group_name, attempts, lease_member
-){_HISTORY_COLUMNS}
-SELECT notification_id, group_name, 'rejected', %(now)s, attempts, coalesce(lease_member, ''),
-    'dead', NULL, NULL, %(reason)s
-FROM rejected"""
-_EXTEND: Final = """
-UPDATE deliveries SET lease_expires_at = %(expires)s
-WHERE group_name = %(group)s AND notification_id = %(id)s"""
-# Rows stay locked by these until the transaction ends; SKIP LOCKED leaves rows another hub (or an
-# ack in flight) holds to that hub.
-_LOCK_MEMBER_LEASES: Final = """
-SELECT group_name, notification_id, attempts, lease_member FROM deliveries
-WHERE group_name = %(group)s AND state = 'leased' AND lease_member = %(member)s
-FOR UPDATE SKIP LOCKED"""
-_LOCK_EXPIRED_LEASES: Final = """
-SELECT group_name, notification_id, attempts, lease_member FROM deliveries
-WHERE state = 'leased' AND lease_expires_at <= %(now)s
-FOR UPDATE SKIP LOCKED"""
-_REQUEUE: Final = f"""
-WITH requeued AS (
-    UPDATE deliveries AS d
-    SET state = r.state, available_at = r.available_at, dead_reason = r.dead_reason,
-        dead_at = CASE WHEN r.state = 'dead' THEN %(now)s END,
-        lease_token = NULL, lease_member = NULL, lease_expires_at = NULL
-    FROM unnest(%(groups)s::text[], %(ids)s::bigint[], %(states)s::text[],
-        %(available)s::float8[], %(reasons)s::text[], %(members)s::text[])
-        AS r(group_name, notification_id, state, available_at, dead_reason, member)
-    WHERE d.group_name = r.group_name AND d.notification_id = r.notification_id
-    RETURNING d.notification_id, d.group_name, d.attempts, r.member, d.state, d.available_at,
-        d.dead_reason
-){_HISTORY_COLUMNS}
-SELECT notification_id, group_name, %(kind)s, %(now)s, attempts, coalesce(member, ''), state,
-    NULL, CASE WHEN state = 'pending' THEN available_at END, coalesce(dead_reason, '')
-FROM requeued"""
-_NEXT_DUE: Final = f"""
-SELECT min(available_at) FROM deliveries
-WHERE group_name = %(group)s AND state = 'pending' AND {_TYPE_FILTER}"""
-# Dead letters are kept for the operator: only notifications whose deliveries are all acked go.
-_PURGE_SETTLED: Final = """
-WITH purged AS (
-    DELETE FROM notifications WHERE id IN (
-        SELECT n.id FROM notifications AS n
-        WHERE n.last_received_at < %(before)s
-            AND NOT EXISTS (SELECT 1 FROM deliveries AS d
-                            WHERE d.notification_id = n.id AND d.state <> 'acked')
-        ORDER BY n.id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED)
-    RETURNING id
-), history AS (
-    DELETE FROM delivery_history AS h USING purged WHERE h.notification_id = purged.id
-)
-SELECT count(*) FROM purged"""
-_NOTIFY: Final = "SELECT pg_notify(%(channel)s, p) FROM unnest(%(payloads)s::text[]) AS p"
 
 Requeued: TypeAlias = tuple[str, int, int, str | None]  # group, notification id, attempts, member
 
@@ -289,24 +156,27 @@ class PostgresStore:
         self, notification: NewNotification, receipt: ReceiptRecord, groups: Sequence[GroupSpec]
     ) -> AppendResult:
         wanted = list(dict.fromkeys(g.name for g in groups if g.wants(notification.notify_type)))
-        params = _append_params(notification, receipt, wanted)
-        async with self._transaction("append") as conn:
-            row = await _fetch_one(conn, _UPSERT_NOTIFICATION, params)
-            params["id"] = row[0]
-            await conn.execute(_INSERT_RECEIPT, params)
-            new_groups = await _fetch_column(conn, _INSERT_DELIVERIES, params)
-            states = await _group_states(conn, row[0])
-            await self._notify(conn, _group_payloads(self._origin, new_groups))
+        params = {**_append_params(notification, receipt, wanted), **self._event_params()}
+        async with self._statement("append") as conn:
+            rows = await _fetch_all(conn, q.APPEND, params)
+            if not rows:
+                raise StoreError("the database returned no row where one was due")
+            nid, created, send_count, first_received_at, visible, _ = rows[0][:6]
+            states = _states_of(row[6:] for row in rows)
+            if not created and not (visible and states.keys() >= set(wanted)):
+                # Another hub committed this identity (or a group of it) after the statement's
+                # snapshot was taken: read the states again in a fresh one.
+                states = await _group_states(conn, nid)
         return AppendResult(
-            notification_id=row[0],
-            created=row[1],
-            send_count=row[2],
-            first_received_at=row[3],
+            notification_id=nid,
+            created=created,
+            send_count=send_count,
+            first_received_at=first_received_at,
             groups=states,
         )
 
     async def group_states(self, notification_id: int) -> Mapping[str, GroupDelivery]:
-        async with self._transaction("group_states") as conn:
+        async with self._statement("group_states") as conn:
             return await _group_states(conn, notification_id)
 
     async def claim(
@@ -320,24 +190,23 @@ class PostgresStore:
     ) -> list[Lease]:
         if limit <= 0:
             return []
-        pick = {"group": group, "now": now, "types": sorted(notify_types), "limit": limit}
-        async with self._transaction("claim") as conn:
-            ids = await _fetch_column(conn, _PICK_PENDING, pick)
-            if not ids:
-                return []
-            tokens = [secrets.token_hex(8) for _ in ids]
-            lease = {"group": group, "member": member, "expires": now + lease_seconds, "now": now}
-            rows = await _fetch_all(conn, _LEASE, {**lease, "ids": ids, "tokens": tokens})
+        params = {
+            "group": group,
+            "member": member,
+            "now": now,
+            "expires": now + lease_seconds,
+            "types": sorted(notify_types),
+            "limit": limit,
+            "tokens": _new_tokens(limit),
+        }
+        async with self._statement("claim") as conn:
+            rows = await _fetch_all(conn, q.CLAIM, params)
         return sorted((_lease_of(group, row) for row in rows), key=lambda x: x.notification_id)
 
     async def ack(self, group: str, notification_id: int, token: str, now: float) -> ActionStatus:
         key = {"group": group, "id": notification_id, "now": now}
-        async with self._transaction("ack") as conn:
-            status, _, _ = await _check_lease(conn, key, token)
-            if status is ActionStatus.OK:
-                await conn.execute(_ACK, key)
-                await self._notify(conn, _settled_payloads(self._origin, [notification_id]))
-        return status
+        [payload] = _settled_payloads(self._origin, [notification_id])
+        return await self._on_lease("ack", q.ACK, {**key, **self._event_params(payload)}, token)
 
     async def nack(
         self,
@@ -360,45 +229,39 @@ class PostgresStore:
         self, group: str, notification_id: int, token: str, reason: str, now: float
     ) -> ActionStatus:
         key = {"group": group, "id": notification_id, "now": now, "reason": reason}
-        async with self._transaction("reject") as conn:
-            status, _, _ = await _check_lease(conn, key, token)
-            if status is ActionStatus.OK:
-                await conn.execute(_REJECT, key)
-                await self._notify(conn, _settled_payloads(self._origin, [notification_id]))
-        return status
+        [payload] = _settled_payloads(self._origin, [notification_id])
+        return await self._on_lease(
+            "reject", q.REJECT, {**key, **self._event_params(payload)}, token
+        )
 
     async def extend(
         self, group: str, notification_id: int, token: str, lease_expires_at: float
     ) -> ActionStatus:
         key = {"group": group, "id": notification_id, "expires": lease_expires_at}
-        async with self._transaction("extend") as conn:
-            status, _, _ = await _check_lease(conn, key, token)
-            if status is ActionStatus.OK:
-                await conn.execute(_EXTEND, key)
-        return status
+        return await self._on_lease("extend", q.EXTEND, key, token)
 
     async def release(self, group: str, member: str, now: float, policy: RetryPolicy) -> int:
         async with self._transaction("release") as conn:
-            rows = await _fetch_all(conn, _LOCK_MEMBER_LEASES, {"group": group, "member": member})
+            rows = await _fetch_all(conn, q.LOCK_MEMBER_LEASES, {"group": group, "member": member})
             await self._requeue(conn, rows, HistoryKind.RELEASED, now, policy, None)
         return len(rows)
 
     async def expire_leases(self, now: float, policy: RetryPolicy) -> frozenset[str]:
         async with self._transaction("expire_leases") as conn:
-            rows = await _fetch_all(conn, _LOCK_EXPIRED_LEASES, {"now": now})
+            rows = await _fetch_all(conn, q.LOCK_EXPIRED_LEASES, {"now": now})
             return await self._requeue(conn, rows, HistoryKind.EXPIRED, now, policy, None)
 
     async def next_due(self, group: str, notify_types: frozenset[str]) -> float | None:
         params = {"group": group, "types": sorted(notify_types)}
-        async with self._transaction("next_due") as conn:
-            due: float | None = (await _fetch_one(conn, _NEXT_DUE, params))[0]
+        async with self._statement("next_due") as conn:
+            due: float | None = (await _fetch_one(conn, q.NEXT_DUE, params))[0]
         return due
 
     async def purge_settled(self, before: float, batch_size: int) -> int:
         if batch_size <= 0:
             return 0
-        async with self._transaction("purge_settled") as conn:
-            row = await _fetch_one(conn, _PURGE_SETTLED, {"before": before, "limit": batch_size})
+        async with self._statement("purge_settled") as conn:
+            row = await _fetch_one(conn, q.PURGE_SETTLED, {"before": before, "limit": batch_size})
         purged: int = row[0]
         return purged
 
@@ -467,15 +330,50 @@ class PostgresStore:
             async with self._pool.connection() as conn, conn.transaction():
                 yield conn
 
+    @contextlib.asynccontextmanager
+    async def _statement(self, operation: str) -> AsyncIterator[Conn]:
+        """A connection for verbs of one statement each: on an autocommit connection a statement
+        is its own transaction, without the round trips of BEGIN and COMMIT."""
+        if self._pool is None:
+            raise StoreError(f"{operation}: the store is not open")
+        with _wrapped_errors(operation):
+            async with self._pool.connection() as conn:
+                yield conn
+
+    async def _on_lease(
+        self, operation: str, query: str, params: Mapping[str, Any], token: str
+    ) -> ActionStatus:
+        """Run one of the statements that act on a delivery only while `token` holds its lease."""
+        # A token that text cannot hold (NUL, lone surrogate) matches no lease: NULL matches none
+        # either, and the status is then told from the locked row as for any wrong token.
+        sent = token if _is_text(token) else None
+        async with self._statement(operation) as conn:
+            cur = await conn.execute(query, {**params, "token": sent})
+            row = await cur.fetchone()
+        if row is None:
+            return ActionStatus.UNKNOWN
+        status, _, _ = _lease_status(row[:4], token)
+        return status
+
+    def _event_params(self, event: str = "") -> dict[str, Any]:
+        """What statements that queue events need: `event` is a payload made here, the others
+        let the statement write payloads as `_group_payloads` does."""
+        return {
+            "channel": self._channel,
+            "event": event,
+            "origin": self._origin,
+            "per_event": GROUPS_PER_EVENT,
+        }
+
     async def _configure_connection(self, conn: Conn) -> None:
         if self._statement_timeout is not None:
             millis = str(int(self._statement_timeout * 1000))
-            await conn.execute("SELECT set_config('statement_timeout', %s, false)", [millis])
+            await conn.execute(q.SET_STATEMENT_TIMEOUT, [millis])
 
     async def _notify(self, conn: Conn, payloads: list[str]) -> None:
         """Queue events; PostgreSQL sends them only if the transaction commits."""
         if payloads:
-            await conn.execute(_NOTIFY, {"channel": self._channel, "payloads": payloads})
+            await conn.execute(q.NOTIFY, {"channel": self._channel, "payloads": payloads})
 
     async def _requeue(
         self,
@@ -493,7 +391,7 @@ class PostgresStore:
             return frozenset()
         plans = [_requeue_plan(attempts, now, policy, delay) for _, _, attempts, _ in rows]
         await conn.execute(
-            _REQUEUE,
+            q.REQUEUE,
             {
                 "now": now,
                 "kind": kind.value,
@@ -603,13 +501,13 @@ async def _migrate(conn: Conn) -> str:
         schema = (await _fetch_one(conn, "SELECT current_schema()", {}))[0]
         if schema is None:
             raise StoreError("open: no schema of search_path exists to hold the tables")
-        await conn.execute(_LOCK_MIGRATIONS)
-        await conn.execute(_CREATE_MIGRATIONS_TABLE)
-        applied = set(await _fetch_column(conn, _APPLIED_VERSIONS, {}))
+        await conn.execute(q.LOCK_MIGRATIONS)
+        await conn.execute(q.CREATE_MIGRATIONS_TABLE)
+        applied = set(await _fetch_column(conn, q.APPLIED_VERSIONS, {}))
         for version, text in _migrations():
             if version not in applied:
                 await conn.execute(text)
-                await conn.execute(_RECORD_VERSION, [version])
+                await conn.execute(q.RECORD_VERSION, [version])
                 logger.info("store schema %s migrated to version %d", schema, version)
     return _channel_of(schema)
 
@@ -654,8 +552,16 @@ async def _fetch_column(conn: Conn, query: str, params: Mapping[str, Any]) -> li
 
 
 async def _group_states(conn: Conn, notification_id: int) -> dict[str, GroupDelivery]:
-    rows = await _fetch_all(conn, _GROUP_STATES, {"id": notification_id})
-    return {group: GroupDelivery(DeliveryState(state), attempts) for group, state, attempts in rows}
+    return _states_of(await _fetch_all(conn, q.GROUP_STATES, {"id": notification_id}))
+
+
+def _states_of(rows: Iterable[Sequence[Any]]) -> dict[str, GroupDelivery]:
+    """Rows of (group, state, attempts); a NULL group (an outer join's empty side) is skipped."""
+    return {
+        group: GroupDelivery(DeliveryState(state), attempts)
+        for group, state, attempts in rows
+        if group is not None
+    }
 
 
 async def _check_lease(
@@ -663,10 +569,15 @@ async def _check_lease(
 ) -> tuple[ActionStatus, int, str | None]:
     """Lock the delivery; OK only while it is leased under `token`. Also returns its attempts and
     the member holding it."""
-    cur = await conn.execute(_LOCK_DELIVERY, key)
+    cur = await conn.execute(q.LOCK_DELIVERY, key)
     row = await cur.fetchone()
     if row is None:
         return ActionStatus.UNKNOWN, 0, None
+    return _lease_status(row, token)
+
+
+def _lease_status(row: Sequence[Any], token: str) -> tuple[ActionStatus, int, str | None]:
+    """(status, attempts, member) of a locked delivery row (state, token, attempts, member)."""
     state, lease_token, attempts, member = row
     if state != DeliveryState.LEASED or lease_token != token:
         return ActionStatus.STALE, attempts, member
@@ -689,6 +600,23 @@ def _append_params(
         "request_id": receipt.request_id,
         "groups": groups,
     }
+
+
+def _is_text(value: str) -> bool:
+    """Whether PostgreSQL text can hold `value`: no NUL, nothing UTF-8 cannot encode."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _new_tokens(count: int) -> list[str]:
+    """`count` unguessable lease tokens of 16 hex digits, from one call to the CSPRNG."""
+    digits = secrets.token_hex(8 * count)
+    return [digits[i : i + 16] for i in range(0, 16 * count, 16)]
 
 
 def _lease_of(group: str, row: TupleRow) -> Lease:

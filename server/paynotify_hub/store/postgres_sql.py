@@ -1,0 +1,229 @@
+"""SQL text of the PostgreSQL store (postgres.py runs it; postgres_admin.py has the operator's).
+
+The hot verbs (append, claim, ack, reject, extend, group_states, next_due) are one statement each:
+on the pool's autocommit connections a single statement is its own transaction, so each costs one
+round trip instead of BEGIN, several statements and COMMIT. Their parts are data-modifying WITH
+queries; events are queued by `pg_notify` inside the statement, so they are still sent only on
+commit. All parts of a statement share one snapshot: a part never sees rows another part inserted
+(only their RETURNING), and rows committed by others after the statement began are seen only by
+the row locks and conflict checks, which wait for and read the newest version.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ACK",
+    "APPEND",
+    "APPLIED_VERSIONS",
+    "CLAIM",
+    "CREATE_MIGRATIONS_TABLE",
+    "EXTEND",
+    "GROUP_STATES",
+    "LOCK_DELIVERY",
+    "LOCK_EXPIRED_LEASES",
+    "LOCK_MEMBER_LEASES",
+    "LOCK_MIGRATIONS",
+    "NEXT_DUE",
+    "NOTIFY",
+    "PURGE_SETTLED",
+    "RECORD_VERSION",
+    "REJECT",
+    "REQUEUE",
+    "SET_STATEMENT_TIMEOUT",
+]
+
+CREATE_MIGRATIONS_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+# Keyed by schema: hubs of different schemas need not wait for each other.
+LOCK_MIGRATIONS: Final = (
+    "SELECT pg_advisory_xact_lock(hashtext('paynotify.migrate'), hashtext(current_schema()))"
+)
+APPLIED_VERSIONS: Final = "SELECT version FROM schema_migrations"
+RECORD_VERSION: Final = "INSERT INTO schema_migrations (version) VALUES (%s)"
+SET_STATEMENT_TIMEOUT: Final = "SELECT set_config('statement_timeout', %s, false)"
+
+# Events are JSON written exactly as json.dumps writes them (postgres.py's _group_payloads),
+# names in code point order (COLLATE "C"), `per_event` names per event.
+_GROUP_EVENTS_OF_ADDED: Final = """
+SELECT pg_notify(%(channel)s, '{"o": ' || to_json(%(origin)s::text)::text || ', "g": ['
+        || string_agg(to_json(group_name)::text, ', ' ORDER BY group_name COLLATE "C") || ']}')
+    FROM (SELECT group_name,
+            (row_number() OVER (ORDER BY group_name COLLATE "C") - 1) / %(per_event)s AS chunk
+        FROM added) AS a
+    GROUP BY chunk"""
+
+# (xmax = 0) is true only for a freshly inserted row: the one hub that created it sees True.
+# The states come from the snapshot plus the deliveries added here. `visible` is false when the
+# notification was committed by another hub after the snapshot was taken (a concurrent append of
+# the same identity): its deliveries are then missing from the snapshot and the caller reads them
+# again.
+APPEND: Final = f"""
+WITH upserted AS (
+    INSERT INTO notifications AS n (identity, notify_type, payment_request_id, payment_id,
+        result_status, payload, send_count, first_received_at, last_received_at)
+    VALUES (%(identity)s, %(notify_type)s, %(payment_request_id)s, %(payment_id)s,
+        %(result_status)s, %(payload)s, 1, %(received_at)s, %(received_at)s)
+    ON CONFLICT (identity) DO UPDATE
+    SET send_count = n.send_count + 1,
+        last_received_at = GREATEST(n.last_received_at, EXCLUDED.last_received_at)
+    RETURNING n.id, (n.xmax = 0) AS created, n.send_count, n.first_received_at
+), received AS (
+    INSERT INTO receipts (notification_id, received_at, client_id, request_time, request_id)
+    SELECT id, %(received_at)s, %(client_id)s, %(request_time)s, %(request_id)s FROM upserted
+), added AS (
+    INSERT INTO deliveries (group_name, notification_id, notify_type, state, attempts,
+        available_at)
+    SELECT g, u.id, %(notify_type)s, 'pending', 0, %(received_at)s
+    FROM upserted AS u, unnest(%(groups)s::text[]) AS g
+    ON CONFLICT (group_name, notification_id) DO NOTHING
+    RETURNING group_name, state, attempts
+), announced AS ({_GROUP_EVENTS_OF_ADDED}
+)
+SELECT u.id, u.created, u.send_count, u.first_received_at,
+    EXISTS (SELECT FROM notifications WHERE id = u.id) AS visible,
+    (SELECT count(*) FROM announced) AS events,
+    s.group_name, s.state, s.attempts
+FROM upserted AS u
+LEFT JOIN (
+    SELECT group_name, state, attempts FROM deliveries
+    WHERE notification_id = (SELECT id FROM upserted)
+    UNION ALL
+    SELECT group_name, state, attempts FROM added
+) AS s ON true"""
+GROUP_STATES: Final = """
+SELECT group_name, state, attempts FROM deliveries WHERE notification_id = %(id)s"""
+_TYPE_FILTER: Final = "(cardinality(%(types)s::text[]) = 0 OR notify_type = ANY(%(types)s::text[]))"
+# Changes that end or start a lease record it in delivery_history in the same statement.
+_HISTORY_COLUMNS: Final = """
+INSERT INTO delivery_history (notification_id, group_name, kind, at, attempt, member, state,
+    lease_expires_at, due_at, detail)"""
+# The picked rows stay locked until the statement commits; SKIP LOCKED leaves rows another hub
+# (or an ack in flight) holds to that hub. `tokens` holds at least `limit` fresh tokens.
+CLAIM: Final = f"""
+WITH picked AS MATERIALIZED (
+    SELECT notification_id FROM deliveries
+    WHERE group_name = %(group)s AND state = 'pending' AND available_at <= %(now)s
+        AND {_TYPE_FILTER}
+    ORDER BY notification_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), tokened AS (
+    SELECT notification_id,
+        (%(tokens)s::text[])[row_number() OVER (ORDER BY notification_id)] AS token
+    FROM picked
+), leased AS (
+    UPDATE deliveries AS d
+    SET state = 'leased', attempts = d.attempts + 1, lease_token = p.token,
+        lease_member = %(member)s, lease_expires_at = %(expires)s
+    FROM tokened AS p, notifications AS n
+    WHERE d.group_name = %(group)s AND d.notification_id = p.notification_id
+        AND n.id = d.notification_id
+    RETURNING d.notification_id, d.lease_token, d.attempts, d.lease_expires_at,
+        n.payload, n.notify_type, n.send_count, n.first_received_at
+), recorded AS ({_HISTORY_COLUMNS}
+    SELECT notification_id, %(group)s, 'leased', %(now)s, attempts, %(member)s, 'leased',
+        lease_expires_at, NULL, ''
+    FROM leased
+)
+SELECT * FROM leased"""
+LOCK_DELIVERY: Final = """
+SELECT state, lease_token, attempts, lease_member FROM deliveries
+WHERE group_name = %(group)s AND notification_id = %(id)s
+FOR UPDATE"""
+
+
+# ACK, REJECT and EXTEND lock the delivery as LOCK_DELIVERY does (the newest version of its row)
+# and change it only while it is leased under `token`. They answer LOCK_DELIVERY's row (none: no
+# such delivery) and the number of events queued.
+_HELD: Final = "t.state = 'leased' AND t.lease_token = %(token)s"
+ACK: Final = f"""
+WITH t AS MATERIALIZED ({LOCK_DELIVERY}
+), acked AS (
+    UPDATE deliveries AS d SET state = 'acked', acked_at = %(now)s, lease_expires_at = NULL
+    FROM t
+    WHERE d.group_name = %(group)s AND d.notification_id = %(id)s AND {_HELD}
+    RETURNING d.notification_id, d.group_name, d.attempts, d.lease_member
+), recorded AS ({_HISTORY_COLUMNS}
+    SELECT notification_id, group_name, 'acked', %(now)s, attempts, coalesce(lease_member, ''),
+        'acked', NULL, NULL, ''
+    FROM acked
+), announced AS (
+    SELECT pg_notify(%(channel)s, %(event)s) FROM acked
+)
+SELECT t.*, (SELECT count(*) FROM announced) FROM t"""
+REJECT: Final = f"""
+WITH t AS MATERIALIZED ({LOCK_DELIVERY}
+), rejected AS (
+    UPDATE deliveries AS d
+    SET state = 'dead', dead_at = %(now)s, dead_reason = %(reason)s, lease_token = NULL,
+        lease_expires_at = NULL
+    FROM t
+    WHERE d.group_name = %(group)s AND d.notification_id = %(id)s AND {_HELD}
+    RETURNING d.notification_id, d.group_name, d.attempts, d.lease_member
+), recorded AS ({_HISTORY_COLUMNS}
+    SELECT notification_id, group_name, 'rejected', %(now)s, attempts,
+        coalesce(lease_member, ''), 'dead', NULL, NULL, %(reason)s
+    FROM rejected
+), announced AS (
+    SELECT pg_notify(%(channel)s, %(event)s) FROM rejected
+)
+SELECT t.*, (SELECT count(*) FROM announced) FROM t"""
+EXTEND: Final = f"""
+WITH t AS MATERIALIZED ({LOCK_DELIVERY}
+), extended AS (
+    UPDATE deliveries AS d SET lease_expires_at = %(expires)s
+    FROM t
+    WHERE d.group_name = %(group)s AND d.notification_id = %(id)s AND {_HELD}
+)
+SELECT t.*, 0 FROM t"""
+# Rows stay locked by these until the transaction ends; SKIP LOCKED leaves rows another hub (or an
+# ack in flight) holds to that hub.
+LOCK_MEMBER_LEASES: Final = """
+SELECT group_name, notification_id, attempts, lease_member FROM deliveries
+WHERE group_name = %(group)s AND state = 'leased' AND lease_member = %(member)s
+FOR UPDATE SKIP LOCKED"""
+LOCK_EXPIRED_LEASES: Final = """
+SELECT group_name, notification_id, attempts, lease_member FROM deliveries
+WHERE state = 'leased' AND lease_expires_at <= %(now)s
+FOR UPDATE SKIP LOCKED"""
+REQUEUE: Final = f"""
+WITH requeued AS (
+    UPDATE deliveries AS d
+    SET state = r.state, available_at = r.available_at, dead_reason = r.dead_reason,
+        dead_at = CASE WHEN r.state = 'dead' THEN %(now)s END,
+        lease_token = NULL, lease_member = NULL, lease_expires_at = NULL
+    FROM unnest(%(groups)s::text[], %(ids)s::bigint[], %(states)s::text[],
+        %(available)s::float8[], %(reasons)s::text[], %(members)s::text[])
+        AS r(group_name, notification_id, state, available_at, dead_reason, member)
+    WHERE d.group_name = r.group_name AND d.notification_id = r.notification_id
+    RETURNING d.notification_id, d.group_name, d.attempts, r.member, d.state, d.available_at,
+        d.dead_reason
+){_HISTORY_COLUMNS}
+SELECT notification_id, group_name, %(kind)s, %(now)s, attempts, coalesce(member, ''), state,
+    NULL, CASE WHEN state = 'pending' THEN available_at END, coalesce(dead_reason, '')
+FROM requeued"""
+NEXT_DUE: Final = f"""
+SELECT min(available_at) FROM deliveries
+WHERE group_name = %(group)s AND state = 'pending' AND {_TYPE_FILTER}"""
+# Dead letters are kept for the operator: only notifications whose deliveries are all acked go.
+PURGE_SETTLED: Final = """
+WITH purged AS (
+    DELETE FROM notifications WHERE id IN (
+        SELECT n.id FROM notifications AS n
+        WHERE n.last_received_at < %(before)s
+            AND NOT EXISTS (SELECT 1 FROM deliveries AS d
+                            WHERE d.notification_id = n.id AND d.state <> 'acked')
+        ORDER BY n.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id
+), history AS (
+    DELETE FROM delivery_history AS h USING purged WHERE h.notification_id = purged.id
+)
+SELECT count(*) FROM purged"""
+NOTIFY: Final = "SELECT pg_notify(%(channel)s, p) FROM unnest(%(payloads)s::text[]) AS p"
