@@ -25,6 +25,8 @@ import hashlib
 import json
 import logging
 import secrets
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final, TypeAlias
@@ -65,6 +67,8 @@ DEFAULT_MAX_SIZE: Final = 10
 DEFAULT_TIMEOUT: Final = 5.0
 DEFAULT_CONNECT_TIMEOUT: Final = 5
 DEFAULT_STATEMENT_TIMEOUT: Final = 30.0
+# A connection handed back less than this long ago is handed out again without a ping.
+CHECK_IDLE_AFTER: Final = 1.0
 # Defaults added to the URL unless it sets them: keepalives notice a silently dropped connection.
 CONNECTION_DEFAULTS: Final[Mapping[str, str | int]] = {
     "application_name": "paynotify-hub",
@@ -118,6 +122,7 @@ class PostgresStore:
         self._channel = ""
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._returned_at: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -129,7 +134,8 @@ class PostgresStore:
             open=False,
             kwargs={"autocommit": True},
             configure=self._configure_connection,
-            check=AsyncConnectionPool.check_connection,
+            check=self._check_connection,
+            reset=self._returned,
             timeout=self._timeout,
             name="paynotify-store",
         )
@@ -364,6 +370,18 @@ class PostgresStore:
             "origin": self._origin,
             "per_event": GROUPS_PER_EVENT,
         }
+
+    async def _check_connection(self, conn: Conn) -> None:
+        """Before a connection is handed out: ping it unless it was in use moments ago (the ping
+        is a round trip per store call; an idle one is pinged, so after a database restart the
+        pool swaps dead connections out instead of failing calls with them)."""
+        returned = self._returned_at.get(conn)
+        if returned is not None and time.monotonic() - returned < CHECK_IDLE_AFTER:
+            return
+        await AsyncConnectionPool.check_connection(conn)
+
+    async def _returned(self, conn: Conn) -> None:
+        self._returned_at[conn] = time.monotonic()
 
     async def _configure_connection(self, conn: Conn) -> None:
         if self._statement_timeout is not None:
