@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
-from typing import NoReturn
+from datetime import date
+from typing import Any, NoReturn
 
 from paynotify.v1 import notification_pb2 as pb
 from paynotify_bridge.errors import MalformedBody
@@ -71,8 +72,14 @@ _TOP_LEVEL_KEYS = frozenset(
     }
 )
 _AMOUNT_KEYS = frozenset({"currency", "value"})
+_AMOUNT_SHAPE = "{currency, value}"
 _RESULT_KEYS = frozenset({"resultCode", "resultStatus", "resultMessage"})
-_PSP_KEYS = frozenset({"pspName", "pspCustomerId", "displayCustomerId"})
+_PSP_FIELDS = (
+    ("pspName", "psp_name"),
+    ("pspCustomerId", "psp_customer_id"),
+    ("displayCustomerId", "display_customer_id"),
+)
+_PSP_KEYS = frozenset(key for key, _ in _PSP_FIELDS)
 _QUOTE_KEYS = frozenset(
     {
         "quoteId",
@@ -92,7 +99,18 @@ _DATE_TIME = (
 )
 _ZONED = re.compile(_DATE_TIME + r"(?:([Zz])|([+-])([0-9]{2}):?([0-9]{2}))")
 _NAIVE = re.compile(_DATE_TIME)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# _ZONED with hours, minutes, seconds and offsets kept in range, and the date as one group for
+# date.fromisoformat, which checks the rest (year 0, month 13, February 30th). A time that only
+# _ZONED matches is not a valid date and time.
+_VALID_ZONED = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])"
+    r"(?:[.,]([0-9]{1,9}))?(?:[Zz]|([+-])([01][0-9]|2[0-3]):?([0-5][0-9]))"
+)
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+# Faster than int() for the regex's two-digit groups, whose ranges it has checked.
+_TWO_DIGITS = {f"{n:02d}": n for n in range(60)}
+_MINUTE_SECONDS = {text: n * 60 for text, n in _TWO_DIGITS.items()}
+_HOUR_SECONDS = {text: n * 3600 for text, n in _TWO_DIGITS.items() if n < 24}
 # google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
@@ -135,13 +153,7 @@ def _load(body: bytes) -> _Object:
         reason = f"body is not valid UTF-8 (first bad byte at offset {exc.start})"
         raise MalformedBody(reason) from None
     try:
-        value = json.loads(
-            text,
-            parse_int=_Number,
-            parse_float=_Number,
-            parse_constant=_constant,
-            object_pairs_hook=_object,
-        )
+        value = _decode(text)
     except json.JSONDecodeError as exc:
         reason = f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         raise MalformedBody(reason) from None
@@ -150,6 +162,12 @@ def _load(body: bytes) -> _Object:
     if not isinstance(value, _Object):
         _fail(f"body must be a JSON object, got {_kind(value)}")
     return value
+
+
+def _decode(text: str) -> object:
+    # One decoder for every body (json.loads would build one per call). This frame also keeps
+    # the stack as deep as json.loads did, so the nesting that still decodes is unchanged.
+    return _DECODER.decode(text)
 
 
 def _constant(text: str) -> NoReturn:
@@ -164,102 +182,83 @@ def _object(pairs: list[tuple[str, object]]) -> _Object:
     return obj
 
 
+_DECODER = json.JSONDecoder(
+    parse_int=_Number, parse_float=_Number, parse_constant=_constant, object_pairs_hook=_object
+)
+
+
 # -- the notification ------------------------------------------------------------------------
+# Fields are checked in a fixed order (the first fault found is the one reported) and gathered
+# as keyword arguments: one constructor call fills the message. The hot path tests exact types
+# and builds no field path; paths and reasons are only put together once a value is at fault.
 
 
 def _notification(root: _Object, body: bytes) -> pb.PaymentNotification:
-    _no_duplicates(root, "", _TOP_LEVEL_KEYS)
-    msg = pb.PaymentNotification(raw_json=body)
-    notify_type = _required_text(root, "", "notifyType")
-    msg.notify_type = _NOTIFY_TYPES.get(notify_type, pb.NOTIFY_TYPE_UNSPECIFIED)
-    msg.notify_type_text = notify_type
-    msg.payment_request_id = _required_text(root, "", "paymentRequestId", MAX_ID_LENGTH)
-    msg.payment_id = _text(root, "", "paymentId", MAX_ID_LENGTH) or ""
-    msg.payment_amount.CopyFrom(_required_amount(root, "", "paymentAmount"))
-    _set_result(msg, root)
-    _set_times(msg, root)
-    _set_psp_customer_info(msg, root)
-    _set_amounts_and_quotes(msg, root)
-    msg.payment_action_form = _text_or_json(root, "paymentActionForm")
-    msg.payment_result_info_json = _json_text(root, "paymentResultInfo")
-    msg.metadata = _text_or_json(root, "metadata")
-    msg.acquirer_reference_no = _text(root, "", "acquirerReferenceNo") or ""
-    msg.payment_method_type = _text(root, "", "paymentMethodType") or ""
-    return msg
+    if root.duplicates:
+        _no_duplicates(root, "", _TOP_LEVEL_KEYS)
+    get = root.get
+    notify_type = _required_text(get("notifyType"), "notifyType")
+    fields: dict[str, Any] = {
+        "raw_json": body,
+        "notify_type": _NOTIFY_TYPES.get(notify_type, pb.NOTIFY_TYPE_UNSPECIFIED),
+        "notify_type_text": notify_type,
+        "payment_request_id": _required_text(
+            get("paymentRequestId"), "paymentRequestId", MAX_ID_LENGTH
+        ),
+    }
+    if (value := get("paymentId")) is not None:
+        fields["payment_id"] = _text(value, "paymentId", "", MAX_ID_LENGTH)
+    if (value := get("paymentAmount")) is None:
+        _fail("paymentAmount is required", "paymentAmount")
+    fields["payment_amount"] = _amount(value, "paymentAmount")
+    for key, name, convert in _OPTIONAL_FIELDS:
+        if (value := get(key)) is not None:
+            fields[name] = convert(value, key)
+    return pb.PaymentNotification(**fields)
 
 
-def _set_result(msg: pb.PaymentNotification, root: _Object) -> None:
-    result = _optional_object(root, "", "result", _RESULT_KEYS)
-    if result is None:
-        return
-    msg.result.result_code = _text(result, "result", "resultCode", MAX_ID_LENGTH) or ""
-    msg.result.result_status = _result_status(result)
-    msg.result.result_message = (
-        _text(result, "result", "resultMessage", MAX_RESULT_MESSAGE_LENGTH) or ""
-    )
-
-
-def _result_status(result: _Object) -> pb.ResultStatus.ValueType:
-    value = result.get("resultStatus")
-    status = _RESULT_STATUSES.get(value) if isinstance(value, str) else None
-    if status is None:
-        got = "nothing" if value is None else _describe(value)
+def _result(value: object, key: str) -> dict[str, Any]:
+    result = _typed_object(value, "", key, _RESULT_KEYS)
+    fields: dict[str, Any] = {}
+    if (code := result.get("resultCode")) is not None:
+        fields["result_code"] = _text(code, "resultCode", key, MAX_ID_LENGTH)
+    status = result.get("resultStatus")
+    number = _RESULT_STATUSES.get(status) if type(status) is str else None
+    if number is None:
+        got = "nothing" if status is None else _describe(status)
         _fail(f"result.resultStatus must be S, F or U, got {got}", "result.resultStatus")
-    return status
+    fields["result_status"] = number
+    if (message := result.get("resultMessage")) is not None:
+        fields["result_message"] = _text(message, "resultMessage", key, MAX_RESULT_MESSAGE_LENGTH)
+    return fields
 
 
-def _set_times(msg: pb.PaymentNotification, root: _Object) -> None:
-    for key, target in (
-        ("paymentCreateTime", msg.payment_create_time),
-        ("paymentTime", msg.payment_time),
-    ):
-        parsed = _date_time(root, "", key)
-        if parsed is not None:
-            target.CopyFrom(parsed)
-
-
-def _set_psp_customer_info(msg: pb.PaymentNotification, root: _Object) -> None:
-    info = _optional_object(root, "", "pspCustomerInfo", _PSP_KEYS)
-    if info is None:
-        return
-    psp = msg.psp_customer_info
-    psp.SetInParent()
-    psp.psp_name = _text(info, "pspCustomerInfo", "pspName", MAX_ID_LENGTH) or ""
-    psp.psp_customer_id = _text(info, "pspCustomerInfo", "pspCustomerId", MAX_ID_LENGTH) or ""
-    psp.display_customer_id = (
-        _text(info, "pspCustomerInfo", "displayCustomerId", MAX_ID_LENGTH) or ""
-    )
-
-
-def _set_amounts_and_quotes(msg: pb.PaymentNotification, root: _Object) -> None:
-    for key, attr in _AMOUNTS.items():
-        amount = _amount(root, "", key)
-        if amount is not None:
-            getattr(msg, attr).CopyFrom(amount)
-    for key, attr in _QUOTES.items():
-        quote = _quote(root, key)
-        if quote is not None:
-            getattr(msg, attr).CopyFrom(quote)  # marks presence, also for an empty {}
+def _psp_customer_info(value: object, key: str) -> dict[str, Any]:
+    info = _typed_object(value, "", key, _PSP_KEYS)
+    fields: dict[str, Any] = {}  # present, also for an empty {}
+    for json_key, name in _PSP_FIELDS:
+        if (text := info.get(json_key)) is not None:
+            fields[name] = _text(text, json_key, key, MAX_ID_LENGTH)
+    return fields
 
 
 # -- amounts, quotes, times ------------------------------------------------------------------
 
 
-def _required_amount(obj: _Object, prefix: str, key: str) -> pb.Amount:
-    amount = _amount(obj, prefix, key)
-    if amount is None:
-        _fail(f"{_path(prefix, key)} is required", _path(prefix, key))
-    return amount
-
-
-def _amount(obj: _Object, prefix: str, key: str) -> pb.Amount | None:
-    amount = _optional_object(obj, prefix, key, _AMOUNT_KEYS, "{currency, value}")
-    if amount is None:
-        return None
-    path = _path(prefix, key)
-    currency = _currency(amount.get("currency"), f"{path}.currency")
-    value = _minor_units(amount.get("value"), f"{path}.value")
-    return pb.Amount(currency=currency, value=value, minor_units=int(value))
+def _amount(value: object, key: str) -> dict[str, Any]:
+    amount = _typed_object(value, "", key, _AMOUNT_KEYS, _AMOUNT_SHAPE)
+    currency = amount.get("currency")
+    if type(currency) is not str or not _CURRENCY.fullmatch(currency):
+        currency = _currency(currency, f"{key}.currency")
+    digits = amount.get("value")
+    if not (
+        type(digits) is str
+        and len(digits) <= MAX_AMOUNT_DIGITS
+        and digits.isascii()
+        and digits.isdigit()
+    ):
+        digits = _minor_units(digits, f"{key}.value")
+    return {"currency": currency, "value": digits, "minor_units": int(digits)}
 
 
 def _currency(value: object, path: str) -> str:
@@ -294,106 +293,92 @@ def _flaw(text: str) -> str:
     return f"{len(text)} characters incl. {bad!r}"
 
 
-def _quote(root: _Object, key: str) -> pb.Quote | None:
-    obj = _optional_object(root, "", key, _QUOTE_KEYS)
-    if obj is None:
-        return None
-    quote = pb.Quote(
-        quote_id=_text(obj, key, "quoteId") or "",
-        quote_currency_pair=_text(obj, key, "quoteCurrencyPair") or "",
-        quote_price=_decimal(obj.get("quotePrice"), f"{key}.quotePrice"),
-    )
-    for time_key, target in (
-        ("quoteStartTime", quote.quote_start_time),
-        ("quoteExpiryTime", quote.quote_expiry_time),
-    ):
-        parsed = _date_time(obj, key, time_key)
-        if parsed is not None:
-            target.CopyFrom(parsed)
-    guaranteed = _boolean(obj.get("guaranteed"), f"{key}.guaranteed")
-    if guaranteed is not None:
-        quote.guaranteed = guaranteed
-    return quote
+def _quote(value: object, key: str) -> dict[str, Any]:
+    quote = _typed_object(value, "", key, _QUOTE_KEYS)
+    fields: dict[str, Any] = {}  # present, also for an empty {}
+    get = quote.get
+    if (text := get("quoteId")) is not None:
+        fields["quote_id"] = _text(text, "quoteId", key)
+    if (text := get("quoteCurrencyPair")) is not None:
+        fields["quote_currency_pair"] = _text(text, "quoteCurrencyPair", key)
+    if (price := get("quotePrice")) is not None:
+        fields["quote_price"] = _decimal(price, key)
+    if (time := get("quoteStartTime")) is not None:
+        fields["quote_start_time"] = _date_time(time, "quoteStartTime", key)
+    if (time := get("quoteExpiryTime")) is not None:
+        fields["quote_expiry_time"] = _date_time(time, "quoteExpiryTime", key)
+    if (flag := get("guaranteed")) is not None:
+        fields["guaranteed"] = flag if type(flag) is bool else _boolean(flag, f"{key}.guaranteed")
+    return fields
 
 
-def _decimal(value: object, path: str) -> str:
-    if value is None:
-        return ""
+def _decimal(value: object, key: str) -> str:
     if isinstance(value, _Number):
         return value.text
     if isinstance(value, str) and _DECIMAL.fullmatch(value):
         return value
+    path = f"{key}.quotePrice"
     _fail(f"{path} must be a decimal number, got {_describe(value)}", path)
 
 
-def _boolean(value: object, path: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
+def _boolean(value: object, path: str) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     _fail(f"{path} must be true or false, got {_describe(value)}", path)
 
 
-def _date_time(obj: _Object, prefix: str, key: str) -> pb.DateTime | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    path = _path(prefix, key)
+def _date_time(value: object, key: str, prefix: str = "") -> dict[str, Any]:
+    """An ISO 8601 time with offset: its text, seconds since the epoch and nanoseconds."""
+    match = _VALID_ZONED.fullmatch(value) if type(value) is str else None
+    if match is None:
+        _no_date_time(value, _path(prefix, key))
+    day, hour, minute, second, fraction, sign, off_hours, off_minutes = match.groups()
+    try:
+        seconds = (date.fromisoformat(day).toordinal() - _EPOCH_DAY) * 86400
+    except ValueError:
+        _invalid_date_time(value, _path(prefix, key))
+    seconds += _HOUR_SECONDS[hour] + _MINUTE_SECONDS[minute] + _TWO_DIGITS[second]
+    if sign == "+":
+        seconds -= _HOUR_SECONDS[off_hours] + _MINUTE_SECONDS[off_minutes]
+    elif sign == "-":
+        seconds += _HOUR_SECONDS[off_hours] + _MINUTE_SECONDS[off_minutes]
+    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+        path = _path(prefix, key)
+        _fail(f"{path} is outside years 1 to 9999 in UTC, got {_describe(value)}", path)
+    nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    return {"text": value, "timestamp": {"seconds": seconds, "nanos": nanos}}
+
+
+def _no_date_time(value: object, path: str) -> NoReturn:
     if not isinstance(value, str):
         _fail(f"{path} must be an ISO 8601 string ({_TIME_EXAMPLE}), got {_kind(value)}", path)
-    seconds, nanos = _instant(value, path)
-    result = pb.DateTime(text=value)
-    result.timestamp.seconds = seconds
-    result.timestamp.nanos = nanos
-    return result
+    if _ZONED.fullmatch(value):  # the shape is right, an hour, minute or second is out of range
+        _invalid_date_time(value, path)
+    if _NAIVE.fullmatch(value):
+        _fail(f"{path} needs a UTC offset ({_TIME_EXAMPLE}), got {_describe(value)}", path)
+    _fail(
+        f"{path} must be ISO 8601 with a UTC offset ({_TIME_EXAMPLE}), got {_describe(value)}",
+        path,
+    )
 
 
-def _instant(text: str, path: str) -> tuple[int, int]:
-    """Seconds since the epoch and nanoseconds of an ISO 8601 time with offset."""
-    match = _ZONED.fullmatch(text)
-    if match is None:
-        if _NAIVE.fullmatch(text):
-            _fail(f"{path} needs a UTC offset ({_TIME_EXAMPLE}), got {_describe(text)}", path)
-        _fail(
-            f"{path} must be ISO 8601 with a UTC offset ({_TIME_EXAMPLE}), got {_describe(text)}",
-            path,
-        )
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
-    try:
-        offset = timedelta(0) if zulu else _offset(sign, off_h, off_m)
-        moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second),
-            tzinfo=timezone(offset),
-        )  # fmt: skip
-    except ValueError:
-        reason = f"{path} is not a valid date and time, got {_describe(text)}"
-        raise MalformedBody(reason, path) from None
-    seconds = (moment - _EPOCH) // timedelta(seconds=1)
-    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
-        _fail(f"{path} is outside years 1 to 9999 in UTC, got {_describe(text)}", path)
-    return seconds, int((fraction or "").ljust(9, "0"))
-
-
-def _offset(sign: str, hours: str, minutes: str) -> timedelta:
-    if int(hours) > 23 or int(minutes) > 59:
-        raise ValueError("offset out of range")
-    offset = timedelta(hours=int(hours), minutes=int(minutes))
-    return -offset if sign == "-" else offset
+def _invalid_date_time(text: object, path: str) -> NoReturn:
+    reason = f"{path} is not a valid date and time, got {_describe(text)}"
+    raise MalformedBody(reason, path) from None  # no chained ValueError
 
 
 # -- generic fields --------------------------------------------------------------------------
 
 
-def _optional_object(
-    obj: _Object, prefix: str, key: str, typed_keys: frozenset[str], shape: str = ""
-) -> _Object | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    path = _path(prefix, key)
-    if not isinstance(value, _Object):
+def _typed_object(
+    value: object, prefix: str, key: str, typed_keys: frozenset[str], shape: str = ""
+) -> _Object:
+    """`value` (not None) as an object whose typed keys each appear once."""
+    if type(value) is not _Object:
+        path = _path(prefix, key)
         _fail(f"{path} must be an object{' ' + shape if shape else ''}, got {_kind(value)}", path)
-    _no_duplicates(value, path, typed_keys)
+    if value.duplicates:
+        _no_duplicates(value, _path(prefix, key), typed_keys)
     return value
 
 
@@ -404,45 +389,62 @@ def _no_duplicates(obj: _Object, prefix: str, typed_keys: frozenset[str]) -> Non
         _fail(f"{path} appears more than once; a signed body must be unambiguous", path)
 
 
-def _required_text(obj: _Object, prefix: str, key: str, max_len: int | None = None) -> str:
-    text = _text(obj, prefix, key, max_len)
+def _required_text(value: object, key: str, max_len: int | None = None) -> str:
+    """A top-level string field that must be there and not be empty."""
+    if value is None:
+        _fail(f"{key} is required", key)
+    text = _text(value, key, "", max_len)
     if not text:
-        path = _path(prefix, key)
-        _fail(f"{path} is required" + (" and must not be empty" if text == "" else ""), path)
+        _fail(f"{key} is required and must not be empty", key)
     return text
 
 
-def _text(obj: _Object, prefix: str, key: str, max_len: int | None = None) -> str | None:
-    """A field documented as a string; numbers and booleans are taken as their JSON text."""
-    value = obj.get(key)
-    if value is None:
-        return None
-    path = _path(prefix, key)
-    if isinstance(value, _Number):
+def _text(value: object, key: str, prefix: str = "", max_len: int | None = None) -> str:
+    """A field documented as a string (`value` is not None); a number or a boolean is taken as
+    its JSON text."""
+    if type(value) is str:
+        if not value.isascii():
+            _encodable(value, _path(prefix, key))
+        text = value
+    elif type(value) is _Number:
         text = value.text
-    elif isinstance(value, bool):
+    elif type(value) is bool:
         text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = _encodable(value, path)
     else:
+        path = _path(prefix, key)
         _fail(f"{path} must be a string, got {_kind(value)}", path)
     if max_len is not None and len(text) > max_len:
+        path = _path(prefix, key)
         _fail(f"{path} must be at most {max_len} characters, got {len(text)}", path)
     return text
 
 
-def _text_or_json(root: _Object, key: str) -> str:
-    """A string as sent; an object or array as compact JSON text."""
-    value = root.get(key)
-    if isinstance(value, _Object | list):
+def _text_or_json(value: object, key: str) -> str:
+    """A string as sent; an object or array as compact JSON text (`value` is not None)."""
+    if type(value) is _Object or type(value) is list:
         return _encodable(_compact(value), key)
-    return _text(root, "", key) or ""
+    return _text(value, key)
 
 
-def _json_text(root: _Object, key: str) -> str:
-    """Any value as compact JSON text (a string becomes a JSON string literal)."""
-    value = root.get(key)
-    return "" if value is None else _encodable(_compact(value), key)
+def _json_text(value: object, key: str) -> str:
+    """Any value (not None) as compact JSON text (a string becomes a JSON string literal)."""
+    return _encodable(_compact(value), key)
+
+
+# The optional top-level fields in the order they are checked: (JSON key, proto field, convert).
+_OPTIONAL_FIELDS: tuple[tuple[str, str, Callable[[object, str], object]], ...] = (
+    ("result", "result", _result),
+    ("paymentCreateTime", "payment_create_time", _date_time),
+    ("paymentTime", "payment_time", _date_time),
+    ("pspCustomerInfo", "psp_customer_info", _psp_customer_info),
+    *((key, name, _amount) for key, name in _AMOUNTS.items()),
+    *((key, name, _quote) for key, name in _QUOTES.items()),
+    ("paymentActionForm", "payment_action_form", _text_or_json),
+    ("paymentResultInfo", "payment_result_info_json", _json_text),
+    ("metadata", "metadata", _text_or_json),
+    ("acquirerReferenceNo", "acquirer_reference_no", _text),
+    ("paymentMethodType", "payment_method_type", _text),
+)
 
 
 def _compact(value: object) -> str:
