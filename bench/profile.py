@@ -151,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="count the hub's fsync, write, sendmsg... calls (strace -c; slows the hub down)",
     )
+    p.add_argument(
+        "--duplicates",
+        type=int,
+        default=0,
+        help="profile the duplicate path: N notifications acknowledged once, then re-sent",
+    )
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--out", default="bench-results")
@@ -191,8 +197,13 @@ def _profile(
     warm = run_wrk(pipeline.url, corpus, Load(a.connections, 2, pipeline.cursor.position, 20_000))
     pipeline.cursor.take(warm.consumed)
     result: list[WrkResult] = []
-    count = min(pipeline.cursor.remaining, 60_000)
-    load = Load(a.connections, a.duration + 2, pipeline.cursor.position, count)
+    if a.duplicates:  # the duplicate path: acknowledge these once, then loop over them
+        start = pipeline.cursor.take(a.duplicates)
+        run_wrk(pipeline.url, corpus, Load(a.connections, 120, start, a.duplicates, a.duplicates))
+        load = Load(a.connections, a.duration + 2, start, a.duplicates)
+    else:
+        count = min(pipeline.cursor.remaining, 60_000)
+        load = Load(a.connections, a.duration + 2, pipeline.cursor.position, count)
     members = pipeline.members()
     counts_before = _store_counts(pipeline) if a.count_store else {}
     before, pg_before = CpuSnapshot.take(members), postgres_cpu()
