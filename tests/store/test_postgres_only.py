@@ -317,3 +317,28 @@ async def test_pool_and_listener_recover_after_a_restart(
         n += 1
         await asyncio.sleep(0.5)
     assert heard, "the listener did not reconnect after the restart"
+
+
+async def test_connections_whose_backend_ended_are_replaced_without_failing_a_call(
+    dsn: str, schema: str
+) -> None:
+    """A connection used moments ago is handed out without a ping, unless the server has spoken
+    since: a terminated backend (as in a restart) is noticed and replaced, no call fails."""
+    app = f"pool_{uuid.uuid4().hex[:10]}"
+    url = schema_url(dsn, schema) + f"&application_name={app}"
+    store = PostgresStore(url, min_size=3, max_size=3)
+    await store.open()
+    try:
+        await asyncio.gather(*(store.group_states(1) for _ in range(3)))  # all just returned
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            ended = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                [app],
+            ).fetchone()
+        assert ended is not None and ended[0] >= 3
+        await asyncio.sleep(0.2)  # the notices arrive
+        for _ in range(6):
+            assert await store.group_states(1) == {}
+    finally:
+        await store.close()

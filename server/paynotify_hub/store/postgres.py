@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import secrets
+import select
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -372,11 +373,13 @@ class PostgresStore:
         }
 
     async def _check_connection(self, conn: Conn) -> None:
-        """Before a connection is handed out: ping it unless it was in use moments ago (the ping
-        is a round trip per store call; an idle one is pinged, so after a database restart the
-        pool swaps dead connections out instead of failing calls with them)."""
+        """Before a connection is handed out: ping it, unless it was in use moments ago and the
+        server has sent it nothing since (the ping is a round trip per store call). A server
+        that goes away (restart, terminated backend) sends a notice or closes the socket first,
+        so a dead connection is pinged, fails, and the pool replaces it without failing a call."""
         returned = self._returned_at.get(conn)
-        if returned is not None and time.monotonic() - returned < CHECK_IDLE_AFTER:
+        recent = returned is not None and time.monotonic() - returned < CHECK_IDLE_AFTER
+        if recent and not _server_spoke(conn):
             return
         await AsyncConnectionPool.check_connection(conn)
 
@@ -498,6 +501,16 @@ def _describe(exc: BaseException) -> str:
         first_line = (str(exc).splitlines() or [""])[0]
         return f"{type(exc).__name__}: {first_line[:200]}"
     return type(exc).__name__
+
+
+def _server_spoke(conn: Conn) -> bool:
+    """Whether an idle connection has input waiting (a pool connection does not LISTEN, so that is
+    a termination notice or the end of the connection), or is closed."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
 
 
 @contextlib.contextmanager
