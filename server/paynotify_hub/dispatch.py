@@ -81,11 +81,13 @@ class Dispatcher:
                 self.metrics.redeliveries.labels(member.group).inc(redelivered)
             if len(leases) == slots:
                 return 0.0  # maybe more is due: claim again at once
-            if not member.maybe_delayed:
+            due_at, now = member.due_at, self.clock()
+            if not member.maybe_delayed and (due_at is None or due_at > now):
                 # Nothing more was due and nothing can have gone into a backoff since the last
-                # look: wait for news (or the safety poll) without asking the store.
-                return self.config.poll_interval
-        # Nothing was due, or work may wait for a backoff: wait until the earliest falls due.
+                # look: wait for news, the backoff known from then, or the safety poll, without
+                # asking the store.
+                return self.config.poll_interval if due_at is None else self._clamp(due_at - now)
+        # Nothing was due, work may wait for a backoff, or a known one ended: ask when next.
         member.maybe_delayed = False
         return await self._until_due(member)
 
@@ -96,6 +98,7 @@ class Dispatcher:
             self.config.store_timeout,
             self.metrics,
         )
+        member.due_at = due
         if due is None:
             return self.config.poll_interval
         return self._clamp(due - self.clock())

@@ -71,6 +71,8 @@ class Member:
         # Whether work may have become pending with a delay (a nack, an expired or released
         # lease, another hub's news) since the dispatch loop last asked when it falls due.
         self.maybe_delayed = True
+        # When the earliest pending delivery falls due, as the store last said (None: none).
+        self.due_at: float | None = None
 
     @property
     def group(self) -> str:

@@ -231,8 +231,9 @@ class _Stream:
                 hub_pb2.ActionResult(delivery_id=delivery_id, kind=kind, status=_STATUS[status])
             )
 
-        # A request's acks are awaited together: the store commits them in one transaction
-        # (one fsync for the batch, not one each). Nacks, rejects and extensions stay in order.
+        # A request's acks are awaited together: SQLite commits them in one transaction (one
+        # fsync for the batch, not one each), PostgreSQL runs them side by side on its pool.
+        # Nacks, rejects and extensions stay in order.
         ack_ids = list(request.ack_ids)
         if len(ack_ids) == 1:
             add(ack_ids[0], hub_pb2.ACTION_KIND_ACK, await b.ack(m, ack_ids[0]))

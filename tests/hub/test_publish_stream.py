@@ -613,8 +613,9 @@ async def test_hub_shutdown_answers_waiting_items_unavailable_never_acknowledged
         # when the grace ran out.
         assert "publish again on another hub" in (stream.details or ""), stream.details
         unavailable = _code(grpc.StatusCode.UNAVAILABLE)
-        for leftover in stream.unclaimed():
-            assert leftover.ref in (2, 3)
+        leftovers = stream.unclaimed()
+        assert sorted(r.ref for r in leftovers) == [2, 3], leftovers  # each answered, once
+        for leftover in leftovers:
             assert leftover.error_code == unavailable, leftover
 
 
@@ -637,7 +638,9 @@ async def test_items_sent_while_the_hub_stops_are_unavailable(tmp_path: Path) ->
             await stopping
         await stream.wait_closed()
         assert stream.code == grpc.StatusCode.UNAVAILABLE, (stream.code, stream.details)
-        for leftover in stream.unclaimed():
+        leftovers = stream.unclaimed()
+        assert [r.ref for r in leftovers] == [1], leftovers  # the waiting item was answered
+        for leftover in leftovers:
             assert leftover.error_code == _code(grpc.StatusCode.UNAVAILABLE), leftover
 
 

@@ -83,3 +83,31 @@ async def test_a_nack_with_a_delay_is_redelivered_when_due(tmp_path: Path) -> No
         await sub.ack(second.delivery_id)
         async with asyncio.timeout(BOUND):
             assert (await pending).outcome == hub_pb2.PUBLISH_OUTCOME_ACKNOWLEDGED
+
+
+async def test_a_new_publish_during_a_backoff_does_not_make_the_loop_forget_it(
+    tmp_path: Path,
+) -> None:
+    """The loop learnt when the nacked delivery falls due; a publish waking it meanwhile (a claim
+    that finds only the new one) must not trade that due time for the 5 s safety poll."""
+    async with running_hub(tmp_path, poll_interval=5.0) as hub, raw_subscriber(hub.address) as sub:
+        first_publish = asyncio.create_task(
+            publish_async(hub.address, make_notification("N1"), timeout=20)
+        )
+        (first,) = await sub.receive(1)
+        loop = asyncio.get_running_loop()
+        nacked_at = loop.time()
+        await sub.nack(first.delivery_id, delay=0.3)
+        await asyncio.sleep(0.1)
+        second_publish = asyncio.create_task(
+            publish_async(hub.address, make_notification("N2"), timeout=20)
+        )
+        (other,) = await sub.receive(1)
+        assert other.notification.payment_id == "N2"
+        (again,) = await sub.receive(1, timeout=10)
+        assert again.notification.payment_id == "N1" and again.attempt == 2
+        assert loop.time() - nacked_at < 2.5  # due at 0.3 s; the safety poll is at 5 s
+        await sub.ack(other.delivery_id, again.delivery_id)
+        async with asyncio.timeout(BOUND):
+            for publish in (first_publish, second_publish):
+                assert (await publish).outcome == hub_pb2.PUBLISH_OUTCOME_ACKNOWLEDGED
