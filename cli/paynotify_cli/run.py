@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from paynotify_bridge.config import ConfigError, parse_listen
 from paynotify_bridge.devkeys import DEV_CLIENT_ID, DEV_KEY_VERSION, ensure_dev_keys
 
 __all__ = ["add_arguments", "child_commands", "run"]
@@ -93,14 +94,15 @@ def _wait_listening(
 
 
 def _accepts(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1" if host != "::" else "::1"
     try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
+        host, port = parse_listen(address)
+    except ConfigError:
+        return False  # the child refuses it too, and exits saying why
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard: reach it locally
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
             return True
-    except (OSError, ValueError):
+    except OSError:
         return False
 
 

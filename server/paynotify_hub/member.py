@@ -6,14 +6,20 @@ Pure asyncio; the gRPC servicer reads `next_batch()` and the broker's dispatch l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from paynotify_hub.domain import GroupSpec, Lease
 from paynotify_hub.errors import ShuttingDown
 
-__all__ = ["DeliveryKey", "Member", "MemberSettings", "format_delivery_id", "parse_delivery_id"]
+__all__ = [
+    "DeliveryKey",
+    "Member",
+    "MemberSettings",
+    "format_delivery_id",
+    "parse_delivery_id",
+    "wait_event",
+]
 
 # (notification id, lease token): what a delivery id names.
 DeliveryKey = tuple[int, str]
@@ -130,19 +136,11 @@ class Member:
 
     async def wait_for_news(self, seconds: float) -> None:
         """Until `wake()` or `seconds`, whichever first."""
-        if self._news.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._news.wait()
+        await wait_event(self._news, seconds)
 
     async def wait_drained(self, seconds: float) -> bool:
         """Until nothing is in flight; False when `seconds` passed first."""
-        try:
-            await asyncio.wait_for(self._drained.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._drained, seconds)
 
     async def next_batch(self) -> list[Lease]:
         """Everything queued for the stream, waiting for at least one lease.
@@ -175,3 +173,15 @@ class Member:
             self._drained.clear()
         else:
             self._drained.set()
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` is set within `seconds` (at once when it already is)."""
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

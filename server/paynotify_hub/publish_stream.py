@@ -114,7 +114,7 @@ class PublishStreamSession:
     async def _wait_for_room(self) -> None:
         """Until fewer than max_in_flight results wait to be sent (a caller that sends but does
         not read would otherwise grow them without bound, RESOURCE_EXHAUSTED answers included)."""
-        while self._results and len(self._results) >= self._max_in_flight:
+        while len(self._results) >= self._max_in_flight:
             self._room.clear()
             await self._room.wait()
 

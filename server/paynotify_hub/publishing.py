@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from paynotify_hub.config import HubConfig
 from paynotify_hub.domain import DeliveryState, GroupDelivery, NewNotification, ReceiptRecord
 from paynotify_hub.errors import ShuttingDown, StoreDown
+from paynotify_hub.member import wait_event
 from paynotify_hub.metrics import HubMetrics
 from paynotify_hub.signals import GroupWakeups, SettleSignals, SettleWatch
 from paynotify_hub.store.base import Store
@@ -108,7 +109,7 @@ class Publisher:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            fired = await _wait_event(watch.event, min(remaining, self.config.poll_interval))
+            fired = await wait_event(watch.event, min(remaining, self.config.poll_interval))
             watch.event.clear()
             if watch.known:
                 states = {**states, **watch.known}
@@ -158,15 +159,3 @@ class Publisher:
     def _required(self, name: str) -> bool:
         spec = self.config.group(name)
         return spec is not None and spec.required
-
-
-async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
-    """Whether `event` fired within `seconds`."""
-    if event.is_set():
-        return True
-    try:
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
