@@ -72,6 +72,7 @@ class Pipeline:
     options: PipelineOptions
     cursor: Cursor = field(init=False)
     url: str = ""
+    hub_address: str = ""
     hub: Proc | None = None
     bridge: Proc | None = None
     subscribers: list[Proc] = field(default_factory=list)
@@ -87,7 +88,7 @@ class Pipeline:
         hub_address = self._start_hub()
         for name in self.group_names:
             self.subscribers.append(self._start_subscriber(hub_address, name))
-        self.url = self._start_bridge(hub_address)
+        self.url = self._start_bridge()
         self._first_success()
 
     def stop(self) -> None:
@@ -108,7 +109,8 @@ class Pipeline:
             cmd += ["--group", f"{name}:required"]
         cmd += self.options.hub_args
         self.hub = self.procs.start(f"hub-{self.label}", cmd, role="hub")
-        return _wait_for_line(self.hub, HUB_LISTENING, self.procs)
+        self.hub_address = _wait_for_line(self.hub, HUB_LISTENING, self.procs)
+        return self.hub_address
 
     def _start_subscriber(self, hub_address: str, group: str) -> Proc:
         cmd = [sys.executable, "-m", "bench.subscriber", "--hub", hub_address, "--group", group]
@@ -116,7 +118,13 @@ class Pipeline:
         cmd += ["--callback-threads", str(self.options.sub_callback_threads)]
         return self.procs.start(f"subscriber-{self.label}-{group}", cmd, role="subscriber")
 
-    def _start_bridge(self, hub_address: str) -> str:
+    def _start_bridge(self) -> str:
+        self.bridge, url = self.start_bridge_process(f"bridge-{self.label}", ())
+        return url + self.corpus.notify_path
+
+    def start_bridge_process(self, name: str, extra_args: tuple[str, ...]) -> tuple[Proc, str]:
+        """A bridge on this pipeline's hub (`extra_args` after the usual ones): (proc, base url).
+        The caller stops one it started itself (`procs.stop`)."""
         cmd = [
             PAYNOTIFY,
             "--log-level",
@@ -125,11 +133,11 @@ class Pipeline:
             "--listen",
             "127.0.0.1:0",
         ]
-        cmd += ["--hub", hub_address, "--path", self.corpus.notify_path]
+        cmd += ["--hub", self.hub_address, "--path", self.corpus.notify_path]
         cmd += ["--alipay-public-key", str(self.corpus.public_key_pem.resolve())]
-        cmd += ["--client-id", self.corpus.client_id, *self.options.bridge_args]
-        self.bridge = self.procs.start(f"bridge-{self.label}", cmd, role="bridge")
-        url = _wait_for_line(self.bridge, BRIDGE_LISTENING, self.procs)
+        cmd += ["--client-id", self.corpus.client_id, *self.options.bridge_args, *extra_args]
+        proc = self.procs.start(name, cmd, role="bridge")
+        url = _wait_for_line(proc, BRIDGE_LISTENING, self.procs)
         port = int(url.rsplit(":", 1)[1])
         wait_for(
             "bridge /readyz",
@@ -137,7 +145,7 @@ class Pipeline:
             START_TIMEOUT_S,
             self.procs,
         )
-        return url + self.corpus.notify_path
+        return proc, url
 
     def _first_success(self) -> None:
         """Send fresh records one by one until one is answered SUCCESS: every group is connected."""

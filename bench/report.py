@@ -178,6 +178,7 @@ ROWS = (
     ("pipeline@64", "pipeline, SQLite, 1 group"),
     ("paced@16", "pipeline paced at ½ max"),
     ("duplicate@16", "duplicates (already acked)"),
+    ("duplicate-hub@16", "duplicates, no bridge cache"),
     ("fanout1@16", "fan-out 1 group"),
     ("fanout4@16", "fan-out 4 groups"),
     ("fanout16@16", "fan-out 16 groups"),

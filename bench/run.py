@@ -363,6 +363,19 @@ def run_duplicates(run: Run, p: Pipeline, start: int) -> None:
     )
     point.extra.update(store="sqlite", groups=1, distinct_notifications=n)
     run._show(point)
+    # The same retries through a bridge without the acknowledged-body cache: what the hub costs.
+    bridge, base = p.start_bridge_process(f"bridge-{p.label}-nocache", ("--ack-cache-size", "0"))
+    try:
+        members = [bridge, *(m for m in p.members() if m is not p.bridge)]
+        run.wait_quiet(members)
+        url = base + run.corpus.notify_path
+        point = measure(
+            f"duplicate-hub@{s.low}", "duplicates", "duplicate", url, run.corpus, load, members
+        )
+        point.extra.update(store="sqlite", groups=1, distinct_notifications=n, ack_cache=False)
+        run._show(point)
+    finally:
+        run.procs.stop(bridge)
 
 
 def run_fanout(run: Run) -> None:

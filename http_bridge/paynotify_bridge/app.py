@@ -4,6 +4,7 @@
 
 Routes:
     POST <config.path>   Alipay's notification; SUCCESS only when the hub says acknowledged
+                         (or, for a retry of a body the hub said so of, from `ack_cache.py`)
     GET  /healthz        the process is alive
     GET  /readyz         a hub answers (503 otherwise)
     GET  /metrics        Prometheus text
@@ -34,6 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry
 
 from paynotify.v1 import hub_pb2, notification_pb2
+from paynotify_bridge.ack_cache import AckCache
 from paynotify_bridge.config import BridgeConfig
 from paynotify_bridge.errors import (
     BodyTooLarge,
@@ -145,7 +147,10 @@ def create_app(
         raise ValueError(f"--path {config.path} collides with the bridge's own {config.path}")
     metrics = BridgeMetrics(registry if registry is not None else CollectorRegistry())
     app = falcon.App(middleware=[_RequestIdMiddleware(request_ids)])
-    notify = _NotifyResource(config, verifier, publisher, metrics, clock)
+    ack_cache = (
+        AckCache(config.ack_cache_size, config.ack_cache_ttl) if config.ack_cache_size else None
+    )
+    notify = _NotifyResource(config, verifier, publisher, metrics, clock, ack_cache)
     app.add_route(config.path, notify)
     app.add_route("/healthz", _HealthResource())
     app.add_route("/readyz", _ReadyResource(publisher))
@@ -182,28 +187,42 @@ class _NotifyResource:
         publisher: NotificationPublisher,
         metrics: BridgeMetrics,
         clock: Clock,
+        ack_cache: AckCache | None,
     ) -> None:
         self._config = config
         self._verifier = verifier
         self._publisher = publisher
         self._metrics = metrics
         self._clock = clock
+        self._ack_cache = ack_cache
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         received_at = self._clock()
         body = read_body(req, self._config.max_body_bytes)
         verified = self._verify(req, body)
+        cache, cache_key = self._ack_cache, b""
+        if cache is not None:
+            cache_key = cache.key(verified.client_id, body)
+            if cache_key in cache:
+                self._answer_success(resp)
+                self._metrics.ack_cache_hits.inc()
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "request %s: a retry of a body answered SUCCESS before, answered SUCCESS",
+                        req.context.request_id,
+                        extra={"request_id": req.context.request_id},
+                    )
+                return
         notification = parse_notification(body)
         # For the log line of a failed publish too (the error handler reads it).
         req.context.summary = summary = safe_summary(notification)
         receipt = _receipt(received_at, verified, req.context.request_id)
         result = self._publish(notification, receipt)
-        resp.status = falcon.HTTP_200
-        resp.content_type = JSON_TYPE
-        resp.data = SUCCESS_BODY
-        self._metrics.count("success")
+        if cache is not None:
+            cache.add(cache_key)
+        self._answer_success(resp)
         if not logger.isEnabledFor(logging.DEBUG):
-            return  # the hot path: counted above, every receipt is in the hub's store
+            return  # the hot path: counted above, the receipt is in the hub's store
         logger.debug(
             "request %s: %s paymentId=%s acknowledged%s (notification %s, Alipay send %d)",
             receipt.request_id,
@@ -214,6 +233,12 @@ class _NotifyResource:
             result.alipay_send_count,
             extra={"request_id": receipt.request_id, "notification": summary},
         )
+
+    def _answer_success(self, resp: falcon.Response) -> None:
+        resp.status = falcon.HTTP_200
+        resp.content_type = JSON_TYPE
+        resp.data = SUCCESS_BODY
+        self._metrics.count("success")
 
     def _verify(self, req: falcon.Request, body: bytes) -> VerifiedRequest:
         if self._config.insecure_skip_verification:

@@ -126,6 +126,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="idle connections are closed after this long",
     )
     add(
+        "--ack-cache-size",
+        type=int,
+        default=defaults.DEFAULT_ACK_CACHE_SIZE,
+        metavar="ENTRIES",
+        help="bodies answered SUCCESS remembered, so Alipay's retries of them are answered "
+        f"without the hub (default {defaults.DEFAULT_ACK_CACHE_SIZE:,}, ~80 bytes each; 0: off)",
+    )
+    add(
+        "--ack-cache-ttl",
+        type=float,
+        default=defaults.DEFAULT_ACK_CACHE_TTL,
+        metavar="SECONDS",
+        help="how long such a body is remembered: between this and twice this "
+        f"(default {defaults.DEFAULT_ACK_CACHE_TTL:g})",
+    )
+    add(
         "--insecure-skip-signature-check",
         action="store_true",
         help="LOCAL DEVELOPMENT ONLY: accept unsigned requests (loopback --listen only)",
@@ -168,6 +184,8 @@ def config_from_args(
         threads=args.threads,
         connection_limit=args.connection_limit,
         channel_timeout=args.channel_timeout,
+        ack_cache_size=args.ack_cache_size,
+        ack_cache_ttl=args.ack_cache_ttl,
         insecure_skip_verification=args.insecure_skip_signature_check,
         hub_tls=args.hub_tls,
         hub_tls_ca=args.hub_tls_ca,

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from paynotify_bridge.ack_cache import DEFAULT_ACK_CACHE_SIZE, DEFAULT_ACK_CACHE_TTL
+
 __all__ = [
+    "DEFAULT_ACK_CACHE_SIZE",
+    "DEFAULT_ACK_CACHE_TTL",
     "DEFAULT_CHANNEL_TIMEOUT",
     "DEFAULT_CONNECTION_LIMIT",
     "DEFAULT_HUB",
@@ -49,6 +53,10 @@ DEFAULT_THREADS: Final = 32
 DEFAULT_CONNECTION_LIMIT: Final = 512
 # Seconds an idle (keep-alive) connection stays open.
 DEFAULT_CHANNEL_TIMEOUT: Final = 30
+# About 80 bytes per entry: 10 million is ~800 MB, more than any bridge should hold.
+MAX_ACK_CACHE_SIZE: Final = 10_000_000
+# A day: Alipay's whole retry schedule spans about 25 hours.
+MAX_ACK_CACHE_TTL: Final = 86_400.0
 
 
 class ConfigError(ValueError):
@@ -80,6 +88,9 @@ class BridgeConfig:
     threads: int = DEFAULT_THREADS
     connection_limit: int = DEFAULT_CONNECTION_LIMIT
     channel_timeout: int = DEFAULT_CHANNEL_TIMEOUT
+    # Bodies answered SUCCESS remembered for Alipay's retries (ack_cache.py); 0 entries: off.
+    ack_cache_size: int = DEFAULT_ACK_CACHE_SIZE
+    ack_cache_ttl: float = DEFAULT_ACK_CACHE_TTL
     # Local development only: accept unsigned requests. Logged loudly at start and on every request.
     insecure_skip_verification: bool = False
     # The hub over TLS when `hub_tls` or `hub_tls_ca` (None: the system's CAs) is set; with cert
@@ -108,6 +119,9 @@ class BridgeConfig:
         _check_range("--threads", self.threads, 1, 1024)
         _check_range("--connection-limit", self.connection_limit, 1, 100_000)
         _check_range("--channel-timeout", self.channel_timeout, 1, 3600)
+        if self.ack_cache_size != 0:
+            _check_range("--ack-cache-size", self.ack_cache_size, 2, MAX_ACK_CACHE_SIZE)
+        _check_range("--ack-cache-ttl", self.ack_cache_ttl, 1, MAX_ACK_CACHE_TTL)
         if self.insecure_skip_verification:
             _check_insecure_listen(host)
         else:

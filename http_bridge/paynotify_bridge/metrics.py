@@ -47,6 +47,12 @@ class BridgeMetrics:
             buckets=SEND_COUNT_BUCKETS,
             registry=registry,
         )
+        self.ack_cache_hits = Counter(
+            "paynotify_bridge_ack_cache_hits",
+            "Retries of a body this bridge had answered SUCCESS, answered SUCCESS again without "
+            "the hub (they are in requests{outcome=success} too, not in the hub's receipts).",
+            registry=registry,
+        )
         self.insecure_requests = Counter(
             "paynotify_bridge_unverified_requests",
             "Requests accepted without signature verification (--insecure-skip-signature-check).",

@@ -339,7 +339,10 @@ def test_readiness_without_a_hub(make_bridge: BridgeFactory, dead_hub_address: s
     assert bridge.get("/readyz").status == 503
 
 
-def test_metrics_count_outcomes_latency_and_send_counts(bridge: Bridge, hub: ThreadedHub) -> None:
+def test_metrics_count_outcomes_latency_and_send_counts(
+    make_bridge: BridgeFactory, hub: ThreadedHub
+) -> None:
+    bridge = make_bridge(hub.address, ack_cache_size=0)  # the retry goes to the hub
     bridge.notify(SUCCESS_SAMPLE, headers={"Content-Type": "text/plain"})
     bridge.notify(SUCCESS_SAMPLE, client_id="NOPE")
     with subscribed(hub.address):

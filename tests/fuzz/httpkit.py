@@ -7,7 +7,8 @@ to send: bare CR, duplicated framing headers, non-ASCII targets), and the reply 
 `FuzzTarget.check(request)` sends one request and asserts, for whatever came back:
 
 - the request reached the app (the reply carries X-Request-Id):
-    200   only for a validly signed request; exactly the SUCCESS bytes; one more receipt stored
+    200   only for a validly signed request; exactly the SUCCESS bytes; one more receipt stored,
+          or, for a body answered SUCCESS before, one more hit of the bridge's ack cache
           (or Falcon's empty answer to OPTIONS, with Allow: POST)
     404   Falcon's own JSON for a target that is not the notify path; 400/405 for another method
     503   only resultCode PROCESS_FAIL / status U (the documented hub states); UNKNOWN_EXCEPTION is
@@ -248,15 +249,19 @@ class FuzzTarget:
         bytes left over after a short Content-Length).
         """
         before = store_counts(self.hub)
+        hits_before = self._cache_hits()
         replies = exchange(self.base, request.data, timeout=timeout)
         after = store_counts(self.hub)
+        cache_hits = int(self._cache_hits() - hits_before)
         problems: list[tuple[str, str]] = []
         for reply in replies:
             outcome = self._judge(request, reply, problems)
             FIGURES.tried(self.surface, outcome)
         if len(replies) < request.replies and request.complete:
             problems.append(("crashes", f"{len(replies)} replies to {request.replies} requests"))
-        self._judge_store(replies, before, after, problems)
+        if cache_hits and request.body not in self.accepted_bodies:
+            problems.append(("crashes", f"{cache_hits} cache hits for a body never accepted"))
+        self._judge_store(replies, before, after, cache_hits, problems)
         if any(reply.body == SUCCESS_BODY for reply in replies):
             self.accepted_bodies.add(request.body)
         for kind, text in problems:
@@ -284,17 +289,25 @@ class FuzzTarget:
         replies: list[RawReply],
         before: tuple[int, int],
         after: tuple[int, int],
+        cache_hits: int,
         problems: list[tuple[str, str]],
     ) -> None:
-        """One receipt per SUCCESS, at most one more per 503 (stored, not yet acked), none else."""
+        """One receipt or cache hit per SUCCESS, at most one more receipt per 503 (stored, not
+        yet acked), none else."""
         successes = sum(reply.body == SUCCESS_BODY for reply in replies)
         pending = sum(reply.status == 503 for reply in replies)
         added_notifications, added_receipts = after[0] - before[0], after[1] - before[1]
+        if cache_hits > successes:
+            problems.append(("crashes", f"{cache_hits} cache hits for {successes} SUCCESS"))
+        successes -= cache_hits
         if added_receipts < successes:
             problems.append(("crashes", f"{successes} SUCCESS, store {before} -> {after}"))
         if added_receipts > successes + pending or added_notifications > added_receipts:
             statuses = [reply.status for reply in replies]
             problems.append(("stored_from_rejected", f"{statuses}: store {before} -> {after}"))
+
+    def _cache_hits(self) -> float:
+        return self.bridge.metric("paynotify_bridge_ack_cache_hits_total")
 
     def _judge_app(
         self, request: RawRequest, reply: RawReply, problems: list[tuple[str, str]]
