@@ -13,6 +13,9 @@ __all__ = ["TARGETS", "MemorySample", "Results", "Target", "render"]
 OTHER_LOAD_WARN_CORES = 0.25
 # A paced run whose sends were late this often measured less than the full latency.
 LATE_SENDS_WARN = 0.01
+# A baseline measured again next to its point that differs this much from its first measurement:
+# the machine's speed moved during the run (the ratio uses the neighbour; the caveat says so).
+DRIFT_WARN = 0.20
 MEMORY_FLAT_RATIO = 0.10
 MEMORY_FLAT_MIN_KIB = 10 * 1024
 
@@ -54,7 +57,9 @@ class MemorySample:
 class Results:
     meta: dict[str, Any]
     points: dict[str, Point] = field(default_factory=dict)
-    aliases: dict[str, str] = field(default_factory=dict)
+    # point -> its baseline measured right next to it (the ratio uses that one, not the row
+    # measured minutes before: this machine's speed drifts).
+    pairs: dict[str, str] = field(default_factory=dict)
     memory: list[MemorySample] = field(default_factory=list)
     memory_target: int = 0
     notes: list[str] = field(default_factory=list)
@@ -64,7 +69,7 @@ class Results:
         return point
 
     def get(self, name: str) -> Point | None:
-        return self.points.get(self.aliases.get(name, name))
+        return self.points.get(name)
 
     def note(self, text: str) -> None:
         print(f"note: {text}", flush=True)
@@ -77,7 +82,7 @@ class Results:
         return {
             "meta": self.meta,
             "points": {name: p.to_json() for name, p in self.points.items()},
-            "aliases": self.aliases,
+            "pairs": self.pairs,
             "targets": self.verdicts(),
             "memory": {
                 "target_notifications": self.memory_target,
@@ -112,7 +117,9 @@ def _caveats(point: Point) -> list[str]:
 
 def _verdict(results: Results, target: Target) -> dict[str, Any]:
     point = results.get(target.point)
-    base = results.get(target.baseline) if target.baseline else None
+    first = results.get(target.baseline) if target.baseline else None
+    base_name = results.pairs.get(target.point, target.baseline)
+    base = results.get(base_name) if base_name else None
     row: dict[str, Any] = {
         "target": target.title,
         "point": target.point,
@@ -128,9 +135,13 @@ def _verdict(results: Results, target: Target) -> dict[str, Any]:
         value = point.ok_rps / base.ok_rps if base.ok_rps else 0.0
         ok = value >= target.bound
     caveats = _caveats(point) + (_caveats(base) if base else [])
+    if base and first and base is not first and first.ok_rps:
+        drift = base.ok_rps / first.ok_rps - 1
+        if abs(drift) > DRIFT_WARN:
+            caveats.append(f"{target.baseline} moved {drift:+.0%} during the run")
     return {
         **row,
-        "baseline": target.baseline,
+        "baseline": base_name,
         "value": round(value, 4),
         "verdict": "PASS" if ok else "MISS",
         "caveats": caveats,
@@ -201,12 +212,12 @@ def _cpu_text(point: Point) -> str:
     return text
 
 
-def _point_cells(name: str, label: str, point: Point, alias: str | None) -> list[str]:
+def _point_cells(label: str, point: Point) -> list[str]:
     w = point.wrk
     rps = f"{point.ok_rps:,.0f}"
     if w.rate_target:
         rps += f" (of {w.rate_target:,.0f})"
-    scenario = label + (f" (= {alias})" if alias else "")
+    scenario = label
     errors = f"{w.errors:,}" + (" !" if w.errors else "")
     return [
         scenario, str(w.connections), rps, f"{point.p50:.1f}", f"{point.p99:.1f}",
@@ -232,8 +243,10 @@ def render(results: Results) -> str:
         point = results.get(name)
         if point is None:
             continue
-        alias = results.aliases.get(name)
-        rows.append(_point_cells(name, label, point, alias) + _target_cells(verdicts.get(name)))
+        rows.append(_point_cells(label, point) + _target_cells(verdicts.get(name)))
+        paired = results.get(results.pairs.get(name, ""))
+        if paired is not None:
+            rows.append(_point_cells(f"  {paired.label}, next to it", paired) + [""] * 4)
     for v in results.verdicts():
         if v["point"] == "memory":
             rows.append(_memory_cells(v))

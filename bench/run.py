@@ -217,6 +217,10 @@ class Run:
     procs: ProcessGroup
     results: Results
     workdir: Path
+    # The bare app, kept running (idle between points) to measure again right after a point
+    # compared with it: its own process group, so a scenario's stop_all leaves it running.
+    bare_procs: ProcessGroup | None = None
+    bare_url: str = ""
 
     def load(self, connections: int, start: int, count: int, **kw: Any) -> Load:
         s = self.settings
@@ -291,6 +295,20 @@ class Run:
         point.extra.update(store=store_kind(p), groups=p.groups)
         return self._show(point)
 
+    def paired_bare(self, point: Point) -> None:
+        """Measure the bare limit again at `point`'s connections, just after it: the point's
+        ratio is taken against this measurement, so drift of a shared machine between the first
+        bare row and the point does not enter it."""
+        if self.bare_procs is None or not self.bare_procs.procs:
+            return
+        c = point.wrk.connections
+        proc = self.bare_procs.procs[0]
+        name = f"bare@{c} after {point.name}"
+        self.wait_quiet([proc])
+        load = self.load(c, 0, self._bare_count())
+        self._show(measure(name, "bare limit", "bare", self.bare_url, self.corpus, load, [proc]))
+        self.results.pairs[point.name] = name
+
     def _show(self, point: Point) -> Point:
         w = point.wrk
         print(
@@ -315,18 +333,18 @@ def store_kind(p: Pipeline) -> str:
 
 
 def run_bare(run: Run) -> None:
+    """The bare limit at both connection counts; the app stays up for the paired measurements."""
     s = run.settings
-    proc, url, server_settings = bare_server(run.procs)
+    run.bare_procs = ProcessGroup(run.workdir, nice=s.nice)
+    proc, url, server_settings = bare_server(run.bare_procs)
+    run.bare_url = url
     run.results.meta["bare_server"] = server_settings
-    try:
-        run.warm(url, None, s.low)
-        for c in (s.low, s.high):
-            load = run.load(c, 0, run._bare_count())
-            run.wait_quiet([proc])
-            point = measure(f"bare@{c}", "bare limit", "bare", url, run.corpus, load, [proc])
-            run._show(point)
-    finally:
-        run.procs.stop(proc)
+    run.warm(url, None, s.low)
+    for c in (s.low, s.high):
+        load = run.load(c, 0, run._bare_count())
+        run.wait_quiet([proc])
+        point = measure(f"bare@{c}", "bare limit", "bare", url, run.corpus, load, [proc])
+        run._show(point)
 
 
 def run_main_pipeline(run: Run) -> None:
@@ -336,8 +354,7 @@ def run_main_pipeline(run: Run) -> None:
         dup_start = p.cursor.take(s.duplicates) if "duplicate" in want else 0
         run.warm(p.url, p, s.low)
         for c in (s.low, s.high):
-            run.point(p, f"pipeline@{c}", "pipeline", "pipeline", c)
-        run.results.aliases[f"fanout1@{s.low}"] = f"pipeline@{s.low}"
+            run.paired_bare(run.point(p, f"pipeline@{c}", "pipeline", "pipeline", c))
         if "paced" in want:
             rate = run.results.points[f"pipeline@{s.low}"].ok_rps / 2
             run.point(p, f"paced@{s.low}", "paced", "paced", s.low, rate=max(rate, 1.0))
@@ -362,7 +379,7 @@ def run_duplicates(run: Run, p: Pipeline, start: int) -> None:
         f"duplicate@{s.low}", "duplicates", "duplicate", p.url, run.corpus, load, p.members()
     )
     point.extra.update(store="sqlite", groups=1, distinct_notifications=n)
-    run._show(point)
+    run.paired_bare(run._show(point))
     # The same retries through a bridge without the acknowledged-body cache: what the hub costs.
     bridge, base = p.start_bridge_process(f"bridge-{p.label}-nocache", ("--ack-cache-size", "0"))
     try:
@@ -379,11 +396,11 @@ def run_duplicates(run: Run, p: Pipeline, start: int) -> None:
 
 
 def run_fanout(run: Run) -> None:
+    """Every group count measured here, one after the other (1 group too, rather than reusing
+    the pipeline row from minutes before): the largest is compared with 1 group of this run."""
     s = run.settings
-    for groups in s.fanout:
-        if groups == 1 and f"pipeline@{s.low}" in run.results.points:
-            continue
-        label = f"sqlite-{groups}"
+    for groups in sorted(set(s.fanout) | {1}):
+        label = f"fanout-{groups}"
         with run.pipeline(label, run.sqlite_url(label), groups) as p:
             run.warm(p.url, p, s.low)
             run.point(p, f"fanout{groups}@{s.low}", "fan-out", "fanout", s.low)
@@ -401,9 +418,16 @@ def run_postgres(run: Run) -> None:
         )
         return
     try:
+        # The SQLite pipeline again just before, so the ratio compares neighbours in time.
+        with run.pipeline("sqlite-before-postgres", run.sqlite_url("sqlite-before-pg"), 1) as p:
+            run.warm(p.url, p, s.low)
+            sqlite_point = run.point(
+                p, f"pipeline@{s.low} before postgres", "pipeline", "pipeline", s.low
+            )
         with run.pipeline("postgres-1", url, 1) as p:
             run.warm(p.url, p, s.low)
-            run.point(p, f"postgres@{s.low}", "pipeline, PostgreSQL", "postgres", s.low)
+            point = run.point(p, f"postgres@{s.low}", "pipeline, PostgreSQL", "postgres", s.low)
+        run.results.pairs[point.name] = sqlite_point.name
     finally:
         ctx.__exit__(None, None, None)
 
@@ -534,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         results.note("interrupted: the table holds what was measured before")
     finally:
         procs.stop_all()
+        if run.bare_procs is not None:
+            run.bare_procs.stop_all()
         if not settings.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
     results.meta["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
