@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -540,8 +541,18 @@ def save(results: Results, out: Path) -> Path:
     return path
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, a CI timeout) stops the run like Ctrl-C: every started process is stopped."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
+    _interrupt_on_sigterm()
     try:
         require_wrk()
     except WrkError as exc:

@@ -101,6 +101,11 @@ class NotificationPublisher(Protocol):
 
     def ready(self) -> bool: ...
 
+    @property
+    def hub_generation(self) -> int:
+        """Grows whenever a hub may have restarted (and so changed its required groups)."""
+        ...
+
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
@@ -200,10 +205,11 @@ class _NotifyResource:
         received_at = self._clock()
         body = read_body(req, self._config.max_body_bytes)
         verified = self._verify(req, body)
-        cache, cache_key = self._ack_cache, b""
+        cache, cache_key, generation = self._ack_cache, b"", 0
         if cache is not None:
             cache_key = cache.key(verified.client_id, body)
-            if cache_key in cache:
+            generation = self._publisher.hub_generation
+            if cache.contains(cache_key, generation):
                 self._answer_success(resp)
                 self._metrics.ack_cache_hits.inc()
                 if logger.isEnabledFor(logging.DEBUG):
@@ -219,7 +225,7 @@ class _NotifyResource:
         receipt = _receipt(received_at, verified, req.context.request_id)
         result = self._publish(notification, receipt)
         if cache is not None:
-            cache.add(cache_key)
+            cache.add(cache_key, generation)
         self._answer_success(resp)
         if not logger.isEnabledFor(logging.DEBUG):
             return  # the hot path: counted above, the receipt is in the hub's store

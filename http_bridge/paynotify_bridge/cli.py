@@ -130,16 +130,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.DEFAULT_ACK_CACHE_SIZE,
         metavar="ENTRIES",
-        help="bodies answered SUCCESS remembered, so Alipay's retries of them are answered "
-        f"without the hub (default {defaults.DEFAULT_ACK_CACHE_SIZE:,}, ~80 bytes each; 0: off)",
+        help="bodies answered SUCCESS that are remembered, so that Alipay's retries of them are "
+        f"answered without the hub (default {defaults.DEFAULT_ACK_CACHE_SIZE:,}, ~90 bytes "
+        "each; 0: off); forgotten when a hub restarts",
     )
     add(
         "--ack-cache-ttl",
         type=float,
         default=defaults.DEFAULT_ACK_CACHE_TTL,
         metavar="SECONDS",
-        help="how long such a body is remembered: between this and twice this "
-        f"(default {defaults.DEFAULT_ACK_CACHE_TTL:g})",
+        help="how long such a body is remembered: between this and twice this, less when "
+        f"--ack-cache-size/2 answers come sooner (default {defaults.DEFAULT_ACK_CACHE_TTL:g}, "
+        "at least 120)",
     )
     add(
         "--insecure-skip-signature-check",

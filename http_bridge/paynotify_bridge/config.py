@@ -53,9 +53,11 @@ DEFAULT_THREADS: Final = 32
 DEFAULT_CONNECTION_LIMIT: Final = 512
 # Seconds an idle (keep-alive) connection stays open.
 DEFAULT_CHANNEL_TIMEOUT: Final = 30
-# About 80 bytes per entry: 10 million is ~800 MB, more than any bridge should hold.
+# About 90 bytes per entry: 10 million is ~900 MB, more than any bridge should hold.
 MAX_ACK_CACHE_SIZE: Final = 10_000_000
-# A day: Alipay's whole retry schedule spans about 25 hours.
+# Below Alipay's first retry (2 minutes) the cache would never answer one; a day covers the
+# whole retry schedule (about 25 hours).
+MIN_ACK_CACHE_TTL: Final = 120.0
 MAX_ACK_CACHE_TTL: Final = 86_400.0
 
 
@@ -119,9 +121,12 @@ class BridgeConfig:
         _check_range("--threads", self.threads, 1, 1024)
         _check_range("--connection-limit", self.connection_limit, 1, 100_000)
         _check_range("--channel-timeout", self.channel_timeout, 1, 3600)
-        if self.ack_cache_size != 0:
-            _check_range("--ack-cache-size", self.ack_cache_size, 2, MAX_ACK_CACHE_SIZE)
-        _check_range("--ack-cache-ttl", self.ack_cache_ttl, 1, MAX_ACK_CACHE_TTL)
+        if self.ack_cache_size != 0 and not 2 <= self.ack_cache_size <= MAX_ACK_CACHE_SIZE:
+            raise ConfigError(
+                f"--ack-cache-size {self.ack_cache_size}: must be 0 (off) or between 2 and "
+                f"{MAX_ACK_CACHE_SIZE}"
+            )
+        _check_range("--ack-cache-ttl", self.ack_cache_ttl, MIN_ACK_CACHE_TTL, MAX_ACK_CACHE_TTL)
         if self.insecure_skip_verification:
             _check_insecure_listen(host)
         else:

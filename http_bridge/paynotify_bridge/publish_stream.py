@@ -9,6 +9,11 @@ drained and its slot opens the next, after a backoff if it broke without answeri
 is idempotent at the hub, so what a broken stream left unanswered is queued again while its deadline
 allows, for up to `max_attempts` breaks.
 
+`generation` counts the streams that broke and the hubs that said they are going away (an item
+answered UNAVAILABLE): a hub may have restarted, with another configuration, since a number read
+before it (the bridge's acknowledged-body cache forgets everything then). A stream renewed after
+`max_age` ends OK and does not count.
+
     by the deadline the caller has                      publish()
     a result holding a PublishResponse                  returns it
     a result holding an error; a stream refused         raises PublishStreamError(that code)
@@ -22,7 +27,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import grpc
@@ -55,8 +60,9 @@ RETRYABLE_STREAM_CODES: Final = (
 class _Stream:
     """One PublishStream call: its request iterator, its reader, what it sent unanswered by ref."""
 
-    def __init__(self, work: WorkQueue) -> None:
+    def __init__(self, work: WorkQueue, hub_lost: Callable[[], None]) -> None:
         self._work = work
+        self._hub_lost = hub_lost
         self.sent: dict[int, Waiter] = {}
         self.accepting = True
         self.answered = False
@@ -122,6 +128,8 @@ class _Stream:
             if error.code in RETRYABLE_ITEM_CODES:
                 again.append(waiter)
                 retryable = error
+                if error.code == _Code.UNAVAILABLE:
+                    self._hub_lost()
             else:
                 waiter.resolve(error)
         if retryable is not None:
@@ -135,6 +143,8 @@ class _Stream:
             self.sent.clear()
             self._work.cond.notify_all()  # its request iterator returns
         self.code, self.details = code, details
+        if code != _Code.OK:
+            self._hub_lost()
         self.ended.set()
         self.retired.set()
         if code == _Code.OK:
@@ -175,6 +185,12 @@ class StreamPool:
         self._on_connectivity = self._count_readiness  # one bound method, to unsubscribe it
         self._slots: list[threading.Thread] = []
         self._streams: set[_Stream] = set()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Streams broken and hubs gone away so far (see the module docstring)."""
+        return self._generation
 
     def publish(self, request: hub_pb2.PublishRequest) -> hub_pb2.PublishResponse:
         """The hub's answer to `request` within `timeout`; PublishStreamError without one."""
@@ -232,6 +248,10 @@ class StreamPool:
             seen = self._readiness
             self._lock.wait_for(lambda: self._closed or self._readiness != seen, seconds)
 
+    def _hub_lost(self) -> None:
+        with self._lock:
+            self._generation += 1
+
     def _count_readiness(self, state: grpc.ChannelConnectivity) -> None:
         if state == grpc.ChannelConnectivity.READY:
             with self._lock:
@@ -243,7 +263,7 @@ class StreamPool:
             if self._closed:
                 return None
             self._streams = {s for s in self._streams if not s.ended.is_set()}
-            stream = _Stream(self._work)
+            stream = _Stream(self._work, self._hub_lost)
             self._streams.add(stream)
             stream.start(self._stub, self._metadata)
             return stream

@@ -280,3 +280,5 @@ def test_service_config_retries_unavailable_round_robin() -> None:
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     [method] = config["methodConfig"]
     assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    # Only the unary Publish: PublishStream re-sends on its own (a policy on it held streams).
+    assert method["name"] == [{"service": "paynotify.v1.NotificationHub", "method": "Publish"}]

@@ -297,6 +297,30 @@ def test_hub_killed_and_restarted(make_bridge: BridgeFactory, tmp_path: Path) ->
         assert reply.body == SUCCESS_BODY
 
 
+@pytest.mark.parametrize("stop", ["kill", "terminate"])
+def test_every_request_after_a_hub_restart_is_answered(
+    make_bridge: BridgeFactory, tmp_path: Path, stop: str
+) -> None:
+    """Once the hub is back, no request falls into a stream that never sends: each of the next
+    ones is acknowledged (distinct notifications, 50 ms apart, from the moment /readyz is 200)."""
+    body = sample_body("payment_result_success")
+    with hub_process(tmp_path, groups=("billing",)) as hub:
+        bridge = make_bridge(hub.address, publish_timeout=3.0, ack_cache_size=0)
+        with subscribed(hub.address):
+            assert bridge.notify(with_overrides(body, {"paymentId": "BEFORE"})).status == 200
+            getattr(hub, stop)()
+            if stop == "terminate":
+                hub.wait()
+            hub.restart()
+            _wait_until(lambda: bridge.get("/readyz").status == 200)
+            statuses = []
+            for n in range(10):
+                reply = bridge.notify(with_overrides(body, {"paymentId": f"AFTER{n}"}))
+                statuses.append((n, reply.status, reply.result["resultStatus"]))
+                time.sleep(0.05)
+    assert all(status == 200 for _, status, _ in statuses), statuses
+
+
 def _wait_until(condition: Callable[[], bool], timeout: float = SOON) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
