@@ -1,17 +1,29 @@
 """The signed bodies this bridge recently answered SUCCESS, so that Alipay's retry of one is
-answered without asking the hub.
+answered without asking the hub, and, when it is byte for byte a request already verified, without
+verifying its signature again.
 
 Alipay resends a notification whose SUCCESS reply it did not receive (a lost reply, a timeout on
 its side): 2 minutes later, then 10, 10, 60 ... The hub would answer such a retry SUCCESS again
 ("acknowledged earlier"): the promise was kept on the first attempt and an acknowledgement is
-never withdrawn. This cache lets the bridge give the same answer for the cost of verifying the
-signature, which matters when a burst of retries arrives (measured in `make bench`, duplicate row).
+never withdrawn. This cache lets the bridge give the same answer for the cost of hashing the
+request (or of verifying the signature of a retry signed anew), which matters when a burst of
+retries arrives (measured in `make bench`, duplicate row).
 
-- Only a request that passed the verifier is looked up (with `--insecure-skip-signature-check`,
-  local development only, that is every request), and only a body the hub answered acknowledged
-  is remembered; anything else goes to the hub as before.
+- Only a body the hub answered acknowledged is remembered, with the fingerprint of the request
+  that carried it (its path, Request-Time and Signature header besides Client-Id and body), after
+  that request passed the verifier; anything else goes to the hub as before.
+- A retry is answered from the cache in one of two ways. Byte for byte the request that was
+  verified (same path, Client-Id, Request-Time, Signature header and body): its fingerprint
+  matches, and the signature is not verified again, as the verifier, a pure function of exactly
+  those bytes and the keys and Client-Ids loaded at start, would give the same answer. (Whether
+  Alipay's retries are byte for byte the first send is not documented;
+  `paynotify_bridge_ack_cache_repeats_total` shows it.) Otherwise (Alipay signed
+  the retry anew, say) the request is verified, and a body remembered is answered SUCCESS.
+  Anything that fails verification is rejected as without the cache.
 - The key is BLAKE2b-128 over the Client-Id (length-prefixed) and the exact body bytes: a retry
-  that differs in any byte is a miss and goes to the hub (which deduplicates by identity).
+  that differs in any body byte is a miss and goes to the hub (which deduplicates by identity). The
+  fingerprint is BLAKE2b-128 over the key and the other signed fields, each length-prefixed:
+  answering a request that was never verified would take a second preimage of one of them.
 - Hub generations: the hub's answer holds for the hub's configuration (its required groups). A
   hub restart is how that configuration changes, and it breaks the bridge's streams to that hub,
   which moves the publisher's `hub_generation` on: the cache then forgets everything, and a body
@@ -21,8 +33,10 @@ signature, which matters when a burst of retries arrives (measured in `make benc
 - Bounded in entries and in time: two generations of at most `capacity // 2` keys each; a
   generation lasts `ttl` seconds, so a key is remembered for at least `ttl` and at most `2 * ttl`
   seconds, unless traffic fills a generation sooner (at the defaults, above ~28 answers per second
-  sustained): then a key lasts at least the time the next `capacity // 2` answers take. About 90
-  bytes per key (measured with tracemalloc).
+  sustained): then a key lasts at least the time the next `capacity // 2` answers take. Each
+  generation is one byte array of 32-byte slots (key and fingerprint, at most half of the slots
+  used), allocated at its first entry: about 64 bytes per entry of capacity, 6.4 MB at the
+  default, however full, and no Python object per entry.
 - Per process and lost on restart: several bridges behind a load balancer each remember what they
   answered; a miss costs a Publish, never a wrong answer.
 
@@ -34,22 +48,73 @@ notification ("Alipay sent it N times") does not include it; the bridge counts s
 from __future__ import annotations
 
 import hashlib
+import hmac
 import threading
 import time
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["DEFAULT_ACK_CACHE_SIZE", "DEFAULT_ACK_CACHE_TTL", "AckCache"]
+__all__ = ["DEFAULT_ACK_CACHE_SIZE", "DEFAULT_ACK_CACHE_TTL", "NO_FINGERPRINT", "AckCache"]
 
 DEFAULT_ACK_CACHE_SIZE: Final = 100_000
 # Alipay's first retries come after 2, 10 and 10 minutes: a key lives 30 to 60 minutes.
 DEFAULT_ACK_CACHE_TTL: Final = 1800.0
 _DIGEST_BYTES: Final = 16
 _PERSON: Final = b"paynotify-ack1"
+_FINGERPRINT_PERSON: Final = b"paynotify-req1"
+_SLOT: Final = 2 * _DIGEST_BYTES
+_EMPTY: Final = bytes(_DIGEST_BYTES)
+# The fingerprint added for a request that was not verified (--insecure-skip-signature-check):
+# no request is ever taken for it.
+NO_FINGERPRINT: Final = _EMPTY
+
+
+class _Table:
+    """At most `entries` key -> fingerprint pairs in one byte array: open addressing, linear
+    probing from the key's (per-process salted) hash, never more than half full, no deletes."""
+
+    __slots__ = ("_data", "_mask", "count")
+
+    def __init__(self, entries: int) -> None:
+        self._mask = (1 << (2 * entries - 1).bit_length()) - 1  # slots: a power of two >= 2x
+        self._data: bytearray | None = None  # allocated at the first put
+        self.count = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        data = self._data
+        if data is None or key == _EMPTY:
+            return None
+        slot = hash(key) & self._mask
+        while True:
+            at = slot * _SLOT
+            stored = data[at : at + _DIGEST_BYTES]
+            if stored == key:
+                return bytes(data[at + _DIGEST_BYTES : at + _SLOT])
+            if stored == _EMPTY:
+                return None
+            slot = (slot + 1) & self._mask
+
+    def put(self, key: bytes, fingerprint: bytes) -> None:
+        if key == _EMPTY:
+            return  # a digest of all zeros (p = 2**-128) marks free slots: not remembered
+        if self._data is None:
+            self._data = bytearray((self._mask + 1) * _SLOT)
+        data, slot = self._data, hash(key) & self._mask
+        while True:
+            at = slot * _SLOT
+            stored = data[at : at + _DIGEST_BYTES]
+            if stored == key:
+                data[at + _DIGEST_BYTES : at + _SLOT] = fingerprint
+                return
+            if stored == _EMPTY:
+                data[at : at + _SLOT] = key + fingerprint
+                self.count += 1
+                return
+            slot = (slot + 1) & self._mask
 
 
 class AckCache:
-    """Thread-safe; `key()` needs no lock, `contains()` and `add()` take it (O(1) each).
+    """Thread-safe; `key()` and `fingerprint()` need no lock, the rest take it (O(1) each).
 
     `generation` is the publisher's `hub_generation` as the caller read it before asking the
     hub: a newer one empties the cache, and a key answered under an older one is not added.
@@ -66,8 +131,9 @@ class AckCache:
         self._ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
-        self._current: set[bytes] = set()
-        self._previous: set[bytes] = set()
+        # key -> fingerprint of the verified request that carried the body
+        self._current = _Table(self._generation_size)
+        self._previous = _Table(self._generation_size)
         self._started = clock()
         self._hub_generation = 0
 
@@ -80,39 +146,66 @@ class AckCache:
         digest.update(body)
         return digest.digest()
 
+    @staticmethod
+    def fingerprint(key: bytes, method: str, path: str, request_time: str, signature: str) -> bytes:
+        """The request behind `key` (Client-Id and body) with every other field its signature
+        covers: `signature` is the Signature header's whole value (key version included)."""
+        digest = hashlib.blake2b(key, digest_size=_DIGEST_BYTES, person=_FINGERPRINT_PERSON)
+        for text in (method, path, request_time, signature):
+            field = text.encode("utf-8", "surrogatepass")
+            digest.update(len(field).to_bytes(4, "big"))
+            digest.update(field)
+        return digest.digest()
+
     def contains(self, key: bytes, generation: int) -> bool:
+        """The body behind `key` was answered acknowledged (ask after verifying the request)."""
         with self._lock:
             self._age(self._clock(), generation)
-            return key in self._current or key in self._previous
+            return self._current.get(key) is not None or self._previous.get(key) is not None
 
-    def add(self, key: bytes, generation: int) -> None:
+    def verified_before(self, key: bytes, fingerprint: bytes, generation: int) -> bool:
+        """The body behind `key` was answered acknowledged, carried by a verified request with
+        this `fingerprint`: the same request again needs no verification."""
+        with self._lock:
+            self._age(self._clock(), generation)
+            known = self._current.get(key) or self._previous.get(key)
+            if known is None or known == NO_FINGERPRINT:
+                return False
+            return hmac.compare_digest(known, fingerprint)
+
+    def add(self, key: bytes, fingerprint: bytes, generation: int) -> None:
+        if len(key) != _DIGEST_BYTES or len(fingerprint) != _DIGEST_BYTES:
+            raise ValueError("a key and a fingerprint are 16-byte digests (key(), fingerprint())")
         with self._lock:
             now = self._clock()
             self._age(now, generation)
             if generation != self._hub_generation:
                 return  # answered before a hub restart the cache has seen since
-            self._current.add(key)
-            if len(self._current) >= self._generation_size:
+            self._current.put(key, fingerprint)
+            if self._current.count >= self._generation_size:
                 self._rotate(now)
 
     def __len__(self) -> int:
         with self._lock:
             self._age(self._clock(), self._hub_generation)
-            return len(self._current) + len(self._previous)
+            return self._current.count + self._previous.count
 
     def _age(self, now: float, generation: int) -> None:
         if generation > self._hub_generation:
             self._hub_generation = generation
-            self._current, self._previous, self._started = set(), set(), now
+            self._current, self._previous, self._started = self._new(), self._new(), now
             return
         elapsed = now - self._started
         if elapsed >= 2 * self._ttl:
-            self._current, self._previous, self._started = set(), set(), now
+            self._current, self._previous, self._started = self._new(), self._new(), now
         elif elapsed >= self._ttl:
             # The generation began at `_started`: the next one begins exactly `ttl` later, so a
             # quiet spell before this call does not stretch how long its keys are remembered.
-            self._previous, self._current = self._current, set()
+            self._previous, self._current = self._current, self._new()
             self._started += self._ttl
 
     def _rotate(self, now: float) -> None:
-        self._previous, self._current, self._started = self._current, set(), now
+        self._previous, self._current, self._started = self._current, self._new(), now
+
+    def _new(self) -> _Table:
+        return _Table(self._generation_size)

@@ -53,14 +53,25 @@ class BridgeMetrics:
             "the hub (they are in requests{outcome=success} too, not in the hub's receipts).",
             registry=registry,
         )
+        self.ack_cache_repeats = Counter(
+            "paynotify_bridge_ack_cache_repeats",
+            "Of those hits, the retries byte for byte a request verified before (Client-Id, "
+            "Request-Time, Signature and body): their signature was not verified again.",
+            registry=registry,
+        )
         self.insecure_requests = Counter(
             "paynotify_bridge_unverified_requests",
             "Requests accepted without signature verification (--insecure-skip-signature-check).",
             registry=registry,
         )
 
+        self._success = self.requests.labels(outcome="success")  # the hot path's, looked up once
+
     def count(self, outcome: str) -> None:
         self.requests.labels(outcome=outcome).inc()
+
+    def count_success(self) -> None:
+        self._success.inc()
 
     def count_signature_failure(self, reason: str) -> None:
         self.signature_failures.labels(reason=reason).inc()

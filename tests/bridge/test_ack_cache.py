@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from paynotify_bridge.ack_cache import AckCache
+from paynotify_bridge.ack_cache import NO_FINGERPRINT, AckCache
 from paynotify_bridge.config import BridgeConfig, ConfigError
 from tests.bridge.conftest import (
     CLIENT_ID,
@@ -19,12 +20,19 @@ from tests.bridge.conftest import (
     SUCCESS_BODY,
     BridgeFactory,
     sample_body,
+    signed_headers,
     store_counts,
     subscribed,
 )
 from tests.hubkit import ThreadedHub, hub_process
 
 SAMPLE = sample_body("payment_result_success")
+FP = b"f" * 16  # a request fingerprint, where the test does not look at it
+
+
+def k(name: object) -> bytes:
+    """A 16-byte key, as AckCache.key makes them."""
+    return AckCache.key(CLIENT_ID, str(name).encode())
 
 
 class FakeClock:
@@ -50,44 +58,125 @@ def test_keys_depend_on_every_body_byte_and_the_client_id() -> None:
     assert AckCache.key("ab", b"c") != AckCache.key("a", b"bc")
 
 
+def test_fingerprints_depend_on_every_signed_field() -> None:
+    key = AckCache.key(CLIENT_ID, SAMPLE)
+    fields = ("POST", "/alipay/notify", "2026-12-02T10:00:00+08:00", "algorithm=RSA256,signature=x")
+    fingerprint = AckCache.fingerprint(key, *fields)
+    assert fingerprint == AckCache.fingerprint(bytes(key), *fields)
+    assert len(fingerprint) == 16 and fingerprint != key
+    assert fingerprint != AckCache.fingerprint(AckCache.key(CLIENT_ID, SAMPLE + b" "), *fields)
+    for i in range(len(fields)):
+        changed = list(fields)
+        changed[i] += "x"
+        assert AckCache.fingerprint(key, *changed) != fingerprint, fields[i]
+    # Each field is length-prefixed: moving a character from one field to the next shows.
+    moved = ("POST", "/alipay/notify2", "026-12-02T10:00:00+08:00", fields[3])
+    assert AckCache.fingerprint(key, *moved) != fingerprint
+
+
+def test_only_the_fingerprint_added_with_a_key_counts_as_verified_before() -> None:
+    cache = AckCache(capacity=100, ttl=60, clock=FakeClock())
+    assert not cache.verified_before(k("k"), FP, 0)
+    cache.add(k("k"), FP, 0)
+    assert cache.verified_before(k("k"), FP, 0)
+    assert not cache.verified_before(k("k"), b"g" * 16, 0)  # the body known, not this request
+    assert cache.contains(k("k"), 0)
+    assert not cache.verified_before(k("other"), FP, 0)
+    assert not cache.verified_before(k("k"), FP, 1)  # a hub restarted since
+
+
+def test_every_entry_of_a_full_generation_is_found_with_its_own_fingerprint() -> None:
+    cache = AckCache(capacity=2000, ttl=3600, clock=FakeClock())  # 1000 a generation
+    entries = {k(i): AckCache.fingerprint(k(i), "POST", "/p", str(i), "s") for i in range(999)}
+    for key, fingerprint in entries.items():
+        cache.add(key, fingerprint, 0)
+    assert len(cache) == 999  # not rotated yet: every probe chain is in one table
+    for key, fingerprint in entries.items():
+        assert cache.verified_before(key, fingerprint, 0)
+    assert not any(cache.contains(k(i), 0) for i in range(1000, 2000))
+    first = k(0)
+    cache.add(first, FP, 0)  # the same body again, carried by another request: the newer one
+    assert len(cache) == 999
+    assert cache.verified_before(first, FP, 0) and not cache.verified_before(
+        first, entries[first], 0
+    )
+
+
+def test_what_cannot_be_a_verified_request_never_is() -> None:
+    cache = AckCache(capacity=100, ttl=3600, clock=FakeClock())
+    cache.add(k("k"), NO_FINGERPRINT, 0)  # answered without verification (insecure mode)
+    assert cache.contains(k("k"), 0)
+    assert not cache.verified_before(k("k"), NO_FINGERPRINT, 0)
+    zeros = bytes(16)  # marks a free slot; BLAKE2b gives it with probability 2**-128
+    cache.add(zeros, FP, 0)
+    assert not cache.contains(zeros, 0) and not cache.verified_before(zeros, FP, 0)
+    with pytest.raises(ValueError, match="16-byte"):
+        cache.add(b"short", FP, 0)
+    with pytest.raises(ValueError, match="16-byte"):
+        cache.add(k("k"), b"short", 0)
+
+
+def test_memory_is_bounded_by_capacity_not_by_entries_seen() -> None:
+    tracemalloc.start()
+    try:
+        cache = AckCache(capacity=20_000, ttl=3600)
+        for i in range(100_000):
+            cache.add(k(i), FP, 0)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Two generations of 10 000 entries: 2 x 32768 slots x 32 bytes, plus small change.
+    assert size < 2 * 32768 * 32 + 64 * 1024, size
+
+
+def test_a_fingerprint_is_forgotten_with_its_key() -> None:
+    clock = FakeClock()
+    cache = AckCache(capacity=100, ttl=60, clock=clock)
+    cache.add(k("k"), FP, 0)
+    clock.now += 61
+    assert cache.verified_before(k("k"), FP, 0)  # in the previous generation
+    clock.now += 60
+    assert not cache.verified_before(k("k"), FP, 0)
+
+
 def test_a_key_is_remembered_between_ttl_and_twice_ttl() -> None:
     clock = FakeClock()
     cache = AckCache(capacity=100, ttl=60, clock=clock)
-    cache.add(b"early", 0)
+    cache.add(k("early"), FP, 0)
     clock.now += 59
-    cache.add(b"late", 0)
+    cache.add(k("late"), FP, 0)
     clock.now += 2  # 61 s after the generation began: it becomes the previous one
-    assert cache.contains(b"early", 0) and cache.contains(b"late", 0)
+    assert cache.contains(k("early"), 0) and cache.contains(k("late"), 0)
     clock.now += 58  # 119 s after "early", 60 after "late"
-    assert cache.contains(b"early", 0) and cache.contains(b"late", 0)
+    assert cache.contains(k("early"), 0) and cache.contains(k("late"), 0)
     clock.now += 2  # the second rotation: both were added in the generation that ends now
-    assert not cache.contains(b"early", 0) and not cache.contains(b"late", 0)
+    assert not cache.contains(k("early"), 0) and not cache.contains(k("late"), 0)
     assert len(cache) == 0
 
 
 def test_a_quiet_spell_does_not_stretch_the_bound() -> None:
     clock = FakeClock()
     cache = AckCache(capacity=100, ttl=60, clock=clock)
-    cache.add(b"k", 0)
+    cache.add(k("k"), FP, 0)
     clock.now += 119  # the first look after the first generation ended, late
-    assert cache.contains(b"k", 0)
+    assert cache.contains(k("k"), 0)
     clock.now += 6  # 125 s after it was added: more than twice the ttl
-    assert not cache.contains(b"k", 0)
+    assert not cache.contains(k("k"), 0)
 
 
 def test_an_idle_cache_forgets_everything_after_twice_ttl() -> None:
     clock = FakeClock()
     cache = AckCache(capacity=100, ttl=60, clock=clock)
-    cache.add(b"k", 0)
+    cache.add(k("k"), FP, 0)
     clock.now += 121
-    assert not cache.contains(b"k", 0)
+    assert not cache.contains(k("k"), 0)
 
 
 def test_entries_are_bounded_by_capacity() -> None:
     cache = AckCache(capacity=10, ttl=3600, clock=FakeClock())
-    keys = [i.to_bytes(4, "big") for i in range(1000)]
+    keys = [k(i) for i in range(1000)]
     for key in keys:
-        cache.add(key, 0)
+        cache.add(key, FP, 0)
         assert len(cache) <= 10
     assert cache.contains(keys[-1], 0)
     assert not cache.contains(keys[0], 0)
@@ -99,29 +188,29 @@ def test_a_full_generation_starts_the_clock_again() -> None:
     clock = FakeClock()
     cache = AckCache(capacity=4, ttl=60, clock=clock)
     clock.now += 50
-    cache.add(b"a", 0)
-    cache.add(b"b", 0)  # full (2 keys): rotated at 50 s, so "a" and "b" are the previous ones
+    cache.add(k("a"), FP, 0)
+    cache.add(k("b"), FP, 0)  # full (2 keys): rotated at 50 s, so "a" and "b" are the previous ones
     clock.now += 59  # 109 s: the generation that began at 50 s has not ended
-    assert cache.contains(b"a", 0) and cache.contains(b"b", 0)
+    assert cache.contains(k("a"), 0) and cache.contains(k("b"), 0)
     clock.now += 2  # 111 s: it ended; "a" and "b" were in the one before
-    assert not cache.contains(b"a", 0) and not cache.contains(b"b", 0)
+    assert not cache.contains(k("a"), 0) and not cache.contains(k("b"), 0)
 
 
 def test_a_newer_hub_generation_forgets_everything() -> None:
     cache = AckCache(capacity=100, ttl=3600, clock=FakeClock())
-    cache.add(b"k", 0)
-    assert cache.contains(b"k", 0)
-    assert not cache.contains(b"k", 1)  # a hub restarted since: ask the hub again
-    assert not cache.contains(b"k", 0)
+    cache.add(k("k"), FP, 0)
+    assert cache.contains(k("k"), 0)
+    assert not cache.contains(k("k"), 1)  # a hub restarted since: ask the hub again
+    assert not cache.contains(k("k"), 0)
 
 
 def test_a_body_answered_across_a_hub_restart_is_not_added() -> None:
     cache = AckCache(capacity=100, ttl=3600, clock=FakeClock())
-    assert not cache.contains(b"other", 3)  # another request saw generation 3
-    cache.add(b"k", 2)  # this one asked the hub under generation 2
-    assert not cache.contains(b"k", 3)
-    cache.add(b"k", 3)
-    assert cache.contains(b"k", 3)
+    assert not cache.contains(k("other"), 3)  # another request saw generation 3
+    cache.add(k("k"), FP, 2)  # this one asked the hub under generation 2
+    assert not cache.contains(k("k"), 3)
+    cache.add(k("k"), FP, 3)
+    assert cache.contains(k("k"), 3)
 
 
 def run_in_four_threads(work: Callable[[int], None]) -> None:
@@ -140,8 +229,8 @@ def test_concurrent_adds_and_lookups_keep_what_fits() -> None:
 
     def work(start: int) -> None:
         for i in range(start, start + 5000):
-            key = i.to_bytes(4, "big")
-            cache.add(key, 0)
+            key = k(i)
+            cache.add(key, FP, 0)
             if not cache.contains(key, 0):
                 errors.append(f"{i} missing right after add")
 
@@ -156,7 +245,7 @@ def test_concurrent_adds_stay_within_capacity() -> None:
 
     def work(start: int) -> None:
         for i in range(start, start + 5000):
-            cache.add(i.to_bytes(4, "big"), 0)
+            cache.add(k(i), FP, 0)
             sizes.append(len(cache))
 
     run_in_four_threads(work)
@@ -200,6 +289,39 @@ def test_a_retry_of_an_acknowledged_body_is_answered_without_the_hub(
     assert bridge.metric("paynotify_bridge_ack_cache_hits_total") == 1
     assert bridge.metric("paynotify_bridge_requests_total", outcome="success") == 2
     assert bridge.metric("paynotify_bridge_publish_seconds_count") == 1
+
+
+def test_a_byte_identical_retry_skips_verification_and_nothing_else_does(
+    make_bridge: BridgeFactory, hub: ThreadedHub
+) -> None:
+    bridge = make_bridge(hub.address)
+    first_time = "2026-12-02T10:00:00+08:00"
+    with subscribed(hub.address):
+        assert bridge.notify(SAMPLE, request_time=first_time).status == 200
+    same = bridge.notify(SAMPLE, request_time=first_time)
+    assert (same.status, same.body) == (200, SUCCESS_BODY)
+    assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 1
+    # The same Signature header with any other signed field changed is verified, and fails.
+    signature = signed_headers(
+        bridge.keys, SAMPLE, request_time=first_time, path=bridge.config.path
+    )
+    stale = bridge.notify(
+        SAMPLE,
+        request_time="2026-12-02T10:02:00+08:00",
+        headers={"Signature": signature["Signature"]},
+    )
+    assert stale.status == 401, stale.body
+    path = bridge.config.path
+    encoded = path[:-1] + f"%{ord(path[-1]):02X}"  # routed to the same resource, signed otherwise
+    moved = bridge.notify(SAMPLE, request_time=first_time, target=encoded, path=path)
+    assert moved.status == 401, moved.body
+    assert bridge.metric("paynotify_bridge_signature_failures_total", reason="bad_signature") == 2
+    # A retry signed anew is verified, then answered from the cache.
+    resigned = bridge.notify(SAMPLE, request_time="2026-12-02T10:12:00+08:00")
+    assert resigned.status == 200
+    assert bridge.metric("paynotify_bridge_ack_cache_hits_total") == 2
+    assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 1
+    assert store_counts(hub) == (1, 1)
 
 
 def test_the_signature_of_a_retry_is_still_verified(
