@@ -35,8 +35,8 @@ retries arrives (measured in `make bench`, duplicate row).
   seconds, unless traffic fills a generation sooner (at the defaults, above ~28 answers per second
   sustained): then a key lasts at least the time the next `capacity // 2` answers take. Each
   generation is one byte array of 32-byte slots (key and fingerprint, at most half of the slots
-  used), allocated at its first entry: about 64 bytes per entry of capacity, 6.4 MB at the
-  default, however full, and no Python object per entry.
+  used), allocated at its first entry: 64 bytes per entry of capacity, 6.4 MB at the default
+  however full (a third array for a moment when a generation starts), no Python object per entry.
 - Per process and lost on restart: several bridges behind a load balancer each remember what they
   answered; a miss costs a Publish, never a wrong answer.
 
@@ -73,10 +73,10 @@ class _Table:
     """At most `entries` key -> fingerprint pairs in one byte array: open addressing, linear
     probing from the key's (per-process salted) hash, never more than half full, no deletes."""
 
-    __slots__ = ("_data", "_mask", "count")
+    __slots__ = ("_data", "_slots", "count")
 
     def __init__(self, entries: int) -> None:
-        self._mask = (1 << (2 * entries - 1).bit_length()) - 1  # slots: a power of two >= 2x
+        self._slots = 2 * entries
         self._data: bytearray | None = None  # allocated at the first put
         self.count = 0
 
@@ -84,7 +84,7 @@ class _Table:
         data = self._data
         if data is None or key == _EMPTY:
             return None
-        slot = hash(key) & self._mask
+        slot = hash(key) % self._slots
         while True:
             at = slot * _SLOT
             stored = data[at : at + _DIGEST_BYTES]
@@ -92,14 +92,14 @@ class _Table:
                 return bytes(data[at + _DIGEST_BYTES : at + _SLOT])
             if stored == _EMPTY:
                 return None
-            slot = (slot + 1) & self._mask
+            slot = slot + 1 if slot + 1 < self._slots else 0
 
     def put(self, key: bytes, fingerprint: bytes) -> None:
         if key == _EMPTY:
             return  # a digest of all zeros (p = 2**-128) marks free slots: not remembered
         if self._data is None:
-            self._data = bytearray((self._mask + 1) * _SLOT)
-        data, slot = self._data, hash(key) & self._mask
+            self._data = bytearray(self._slots * _SLOT)
+        data, slot = self._data, hash(key) % self._slots
         while True:
             at = slot * _SLOT
             stored = data[at : at + _DIGEST_BYTES]
@@ -110,7 +110,7 @@ class _Table:
                 data[at : at + _SLOT] = key + fingerprint
                 self.count += 1
                 return
-            slot = (slot + 1) & self._mask
+            slot = slot + 1 if slot + 1 < self._slots else 0
 
 
 class AckCache:
