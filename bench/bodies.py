@@ -92,16 +92,17 @@ def body_for(index: int, tag: str) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def request_time_for(index: int) -> str:
+def request_time_for(index: int, resend: int = 0) -> str:
+    """Record `index`'s Request-Time; `resend` 1 is the retry 2 minutes later (signed anew)."""
     millis = index % 1000
     seconds = (index // 1000) % 60
-    return f"2026-03-02T19:12:{seconds:02d}.{millis:03d}-08:00"
+    return f"2026-03-02T19:{12 + 2 * resend:02d}:{seconds:02d}.{millis:03d}-08:00"
 
 
-def raw_request(key: rsa.RSAPrivateKey, index: int, tag: str) -> bytes:
+def raw_request(key: rsa.RSAPrivateKey, index: int, tag: str, resend: int = 0) -> bytes:
     """One complete HTTP/1.1 request, signed. Host carries no port: the record serves any port."""
     body = body_for(index, tag)
-    request_time = request_time_for(index)
+    request_time = request_time_for(index, resend)
     content = f"POST {NOTIFY_PATH}\n{CLIENT_ID}.{request_time}.".encode() + body
     signature = base64.b64encode(key.sign(content, padding.PKCS1v15(), hashes.SHA256()))
     header = (
@@ -136,15 +137,15 @@ def _init_worker(private_pem: bytes) -> None:
     _worker_key = key
 
 
-def _sign_chunk(args: tuple[int, int, str]) -> bytes:
-    start, stop, tag = args
+def _sign_chunk(args: tuple[int, int, str, int]) -> bytes:
+    start, stop, tag, resend = args
     assert _worker_key is not None
-    return b"".join(_record(raw_request(_worker_key, i, tag)) for i in range(start, stop))
+    return b"".join(_record(raw_request(_worker_key, i, tag, resend)) for i in range(start, stop))
 
 
-def _chunks(start: int, stop: int, tag: str) -> Iterator[tuple[int, int, str]]:
+def _chunks(start: int, stop: int, tag: str, resend: int) -> Iterator[tuple[int, int, str, int]]:
     for low in range(start, stop, CHUNK):
-        yield low, min(low + CHUNK, stop), tag
+        yield low, min(low + CHUNK, stop), tag, resend
 
 
 def _ensure_keys(cache: Path) -> tuple[Path, Path, bytes]:
@@ -164,20 +165,30 @@ def _ensure_keys(cache: Path) -> tuple[Path, Path, bytes]:
     return private_path, public_path, private_path.read_bytes()
 
 
-def ensure_corpus(cache: Path, count: int, processes: int | None = None) -> Corpus:
-    """At least `count` signed records in `cache`, signing only the ones missing."""
+def ensure_corpus(
+    cache: Path, count: int, processes: int | None = None, *, resend: int = 0
+) -> Corpus:
+    """At least `count` signed records in `cache`, signing only the ones missing.
+
+    `resend` 1: record i has record i's body, sent again 2 minutes later and signed anew (another
+    Request-Time, so another Signature), as a retry that Alipay re-signs would be."""
     cache.mkdir(parents=True, exist_ok=True)
     private_path, public_path, private_pem = _ensure_keys(cache)
     tag = hashlib.sha256(public_path.read_bytes()).hexdigest()[:8]
-    path = cache / f"requests-{tag}.bin"
+    path = cache / (f"requests-{tag}.bin" if not resend else f"requests-{tag}-resend{resend}.bin")
     have = path.stat().st_size // RECORD_SIZE if path.exists() else 0
     if have < count:
-        _extend(path, have, count, tag, private_pem, processes)
+        _extend(path, have, count, (tag, resend), private_pem, processes)
     return Corpus(path, max(have, count), public_path, private_path)
 
 
 def _extend(
-    path: Path, have: int, count: int, tag: str, private_pem: bytes, processes: int | None
+    path: Path,
+    have: int,
+    count: int,
+    kind: tuple[str, int],
+    private_pem: bytes,
+    processes: int | None,
 ) -> None:
     started = time.monotonic()
     workers = processes or os.cpu_count() or 1
@@ -191,7 +202,7 @@ def _extend(
         out.seek(have * RECORD_SIZE)
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(workers, initializer=_init_worker, initargs=(private_pem,)) as pool:
-            for block in pool.imap(_sign_chunk, _chunks(have, count, tag)):
+            for block in pool.imap(_sign_chunk, _chunks(have, count, *kind)):
                 out.write(block)
     print(f"signed in {time.monotonic() - started:.1f} s", flush=True)
 

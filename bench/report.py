@@ -39,6 +39,7 @@ TARGETS = (
     Target("pipeline vs bare, 64 conns", "pipeline@64", "bare@64", 0.40),
     Target("p99 at half the pipeline's max", "paced@16", None, 10.0, kind="p99"),
     Target("duplicates vs bare", "duplicate@16", "bare@16", 0.80),
+    Target("duplicates signed anew vs bare", "duplicate-resigned@16", "bare@16", 0.80),
     Target("fan-out 16 groups vs 1", "fanout16@16", "fanout1@16", 0.50),
     Target("PostgreSQL vs SQLite", "postgres@16", "pipeline@16", 0.60),
 )
@@ -188,7 +189,8 @@ ROWS = (
     ("pipeline@16", "pipeline, SQLite, 1 group"),
     ("pipeline@64", "pipeline, SQLite, 1 group"),
     ("paced@16", "pipeline paced at ½ max"),
-    ("duplicate@16", "duplicates (already acked)"),
+    ("duplicate@16", "duplicates, byte for byte"),
+    ("duplicate-resigned@16", "duplicates, signed anew"),
     ("duplicate-hub@16", "duplicates, no bridge cache"),
     ("fanout1@16", "fan-out 1 group"),
     ("fanout4@16", "fan-out 4 groups"),

@@ -379,7 +379,16 @@ def run_duplicates(run: Run, p: Pipeline, start: int) -> None:
     point = measure(
         f"duplicate@{s.low}", "duplicates", "duplicate", p.url, run.corpus, load, p.members()
     )
-    point.extra.update(store="sqlite", groups=1, distinct_notifications=n)
+    point.extra.update(store="sqlite", groups=1, distinct_notifications=n, resent="byte for byte")
+    run.paired_bare(run._show(point))
+    # The same bodies sent again 2 minutes later and signed anew: each is verified, then answered
+    # from the cache (whether Alipay's retries are re-signed is not documented).
+    resigned = ensure_corpus(s.cache, start + n, resend=1)
+    run.wait_quiet(p.members())
+    point = measure(
+        f"duplicate-resigned@{s.low}", "duplicates", "duplicate", p.url, resigned, load, p.members()
+    )
+    point.extra.update(store="sqlite", groups=1, distinct_notifications=n, resent="signed anew")
     run.paired_bare(run._show(point))
     # The same retries through a bridge without the acknowledged-body cache: what the hub costs.
     bridge, base = p.start_bridge_process(f"bridge-{p.label}-nocache", ("--ack-cache-size", "0"))

@@ -35,8 +35,8 @@ retries arrives (measured in `make bench`, duplicate row).
   seconds, unless traffic fills a generation sooner (at the defaults, above ~28 answers per second
   sustained): then a key lasts at least the time the next `capacity // 2` answers take. Each
   generation is one byte array of 32-byte slots (key and fingerprint, at most half of the slots
-  used), allocated at its first entry: 64 bytes per entry of capacity, 6.4 MB at the default
-  however full (a third array for a moment when a generation starts), no Python object per entry.
+  used), allocated whole and zero-filled at its first entry: 64 bytes per entry of capacity,
+  6.4 MB at the default however full, no Python object per entry.
 - Per process and lost on restart: several bridges behind a load balancer each remember what they
   answered; a miss costs a Publish, never a wrong answer.
 

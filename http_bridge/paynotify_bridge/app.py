@@ -79,6 +79,10 @@ REQUEST_ID_HEADER: Final = "X-Request-Id"
 _REQUEST_ID_ENVIRON_KEY: Final = "HTTP_X_REQUEST_ID"
 JSON_TYPE: Final = "application/json"
 RESERVED_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+# Content-Type values that passed check_content_type, so the same text is not parsed again;
+# bounded, as the values come from the network.
+_ACCEPTED_CONTENT_TYPES: set[str | None] = set()
+_MAX_ACCEPTED_CONTENT_TYPES: Final = 16
 # Client-Id, Request-Time and Signature as WSGI spells them: Falcon's req.headers, which the
 # verifier reads (signature.signed_headers), holds exactly these values under those names.
 _SIGNED_ENVIRON_KEYS: Final = ("HTTP_CLIENT_ID", "HTTP_REQUEST_TIME", "HTTP_SIGNATURE")
@@ -306,6 +310,8 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
 
 def check_content_type(value: str | None) -> None:
     """application/json, optionally with charset=UTF-8 (Alipay sends UTF-8 JSON)."""
+    if value in _ACCEPTED_CONTENT_TYPES:
+        return  # the same header text passed before (Alipay always sends the same one)
     if not value:
         raise UnsupportedMediaType("the Content-Type header is missing: expected application/json")
     media_type, params = falcon.parse_header(value)
@@ -314,6 +320,8 @@ def check_content_type(value: str | None) -> None:
     charset = params.get("charset", "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType(f"charset {charset[:32]!r} is not supported: send UTF-8")
+    if len(_ACCEPTED_CONTENT_TYPES) < _MAX_ACCEPTED_CONTENT_TYPES:
+        _ACCEPTED_CONTENT_TYPES.add(value)
 
 
 def _receipt(received_at: float, verified: VerifiedRequest, request_id: str) -> hub_pb2.Receipt:

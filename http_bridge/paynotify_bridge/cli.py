@@ -131,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.DEFAULT_ACK_CACHE_SIZE,
         metavar="ENTRIES",
         help="bodies answered SUCCESS that are remembered, so that Alipay's retries of them are "
-        f"answered without the hub (default {defaults.DEFAULT_ACK_CACHE_SIZE:,}, ~90 bytes "
+        f"answered without the hub (default {defaults.DEFAULT_ACK_CACHE_SIZE:,}, 64 bytes "
         "each; 0: off); forgotten when a hub restarts",
     )
     add(

@@ -55,8 +55,9 @@ class BridgeMetrics:
         )
         self.ack_cache_repeats = Counter(
             "paynotify_bridge_ack_cache_repeats",
-            "Of those hits, the retries byte for byte a request verified before (Client-Id, "
-            "Request-Time, Signature and body): their signature was not verified again.",
+            "Of those hits, the retries byte for byte a request verified before (path, "
+            "Client-Id, Request-Time, Signature and body): their signature was not verified "
+            "again.",
             registry=registry,
         )
         self.insecure_requests = Counter(

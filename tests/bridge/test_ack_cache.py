@@ -301,6 +301,13 @@ def test_a_byte_identical_retry_skips_verification_and_nothing_else_does(
     same = bridge.notify(SAMPLE, request_time=first_time)
     assert (same.status, same.body) == (200, SUCCESS_BODY)
     assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 1
+    # Any other Signature header with every other field the same is verified, and fails.
+    for forged in (
+        "algorithm=RSA256,keyVersion=1,signature=AAAA",
+        "algorithm=RSA256,keyVersion=1,signature=BBBB",
+    ):
+        reply = bridge.notify(SAMPLE, request_time=first_time, headers={"Signature": forged})
+        assert reply.status == 401, (forged, reply.body)
     # The same Signature header with any other signed field changed is verified, and fails.
     signature = signed_headers(
         bridge.keys, SAMPLE, request_time=first_time, path=bridge.config.path
@@ -315,13 +322,27 @@ def test_a_byte_identical_retry_skips_verification_and_nothing_else_does(
     encoded = path[:-1] + f"%{ord(path[-1]):02X}"  # routed to the same resource, signed otherwise
     moved = bridge.notify(SAMPLE, request_time=first_time, target=encoded, path=path)
     assert moved.status == 401, moved.body
-    assert bridge.metric("paynotify_bridge_signature_failures_total", reason="bad_signature") == 2
+    assert bridge.metric("paynotify_bridge_signature_failures_total", reason="bad_signature") == 4
     # A retry signed anew is verified, then answered from the cache.
     resigned = bridge.notify(SAMPLE, request_time="2026-12-02T10:12:00+08:00")
     assert resigned.status == 200
     assert bridge.metric("paynotify_bridge_ack_cache_hits_total") == 2
     assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 1
     assert store_counts(hub) == (1, 1)
+
+
+def test_without_verification_no_request_passes_for_a_verified_one(
+    make_bridge: BridgeFactory, hub: ThreadedHub
+) -> None:
+    """--insecure-skip-signature-check: every request is counted unverified, repeats included."""
+    bridge = make_bridge(hub.address, insecure_skip_verification=True)
+    same_time = "2026-12-02T10:00:00+08:00"
+    with subscribed(hub.address):
+        assert bridge.notify(SAMPLE, request_time=same_time).status == 200
+    assert bridge.notify(SAMPLE, request_time=same_time).status == 200  # from the cache
+    assert bridge.metric("paynotify_bridge_ack_cache_hits_total") == 1
+    assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 0
+    assert bridge.metric("paynotify_bridge_unverified_requests_total") == 2
 
 
 def test_the_signature_of_a_retry_is_still_verified(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from paynotify_bridge import app as app_module
 from paynotify_bridge import cli
 from paynotify_bridge.app import check_content_type, signed_path
 from paynotify_bridge.config import (
@@ -146,6 +147,18 @@ def test_other_content_types_are_415(value: str | None) -> None:
     with pytest.raises(UnsupportedMediaType) as info:
         check_content_type(value)
     assert info.value.status == 415
+
+
+def test_accepted_content_types_are_remembered_within_a_bound() -> None:
+    for i in range(100):
+        check_content_type(f"application/json; x={i}")
+        check_content_type(f"application/json; x={i}")  # again: remembered or parsed, accepted
+    assert len(app_module._ACCEPTED_CONTENT_TYPES) <= app_module._MAX_ACCEPTED_CONTENT_TYPES
+    for value in (None, "", "text/plain", "application/json; charset=GBK"):  # never remembered
+        with pytest.raises(UnsupportedMediaType):
+            check_content_type(value)
+        with pytest.raises(UnsupportedMediaType):
+            check_content_type(value)
 
 
 # -- configuration ------------------------------------------------------------------------------
