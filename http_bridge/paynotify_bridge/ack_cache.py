@@ -22,7 +22,7 @@ retries arrives (measured in `make bench`, duplicate row).
   Anything that fails verification is rejected as without the cache.
 - The key is BLAKE2b-128 over the Client-Id (length-prefixed) and the exact body bytes: a retry
   that differs in any body byte is a miss and goes to the hub (which deduplicates by identity). The
-  fingerprint is BLAKE2b-128 over the key and the other signed fields, each length-prefixed:
+  fingerprint is BLAKE2b-128 over the key and the repr of the other signed fields (unambiguous):
   answering a request that was never verified would take a second preimage of one of them.
 - Hub generations: the hub's answer holds for the hub's configuration (its required groups). A
   hub restart is how that configuration changes, and it breaks the bridge's streams to that hub,
@@ -150,12 +150,12 @@ class AckCache:
     def fingerprint(key: bytes, method: str, path: str, request_time: str, signature: str) -> bytes:
         """The request behind `key` (Client-Id and body) with every other field its signature
         covers: `signature` is the Signature header's whole value (key version included)."""
-        digest = hashlib.blake2b(key, digest_size=_DIGEST_BYTES, person=_FINGERPRINT_PERSON)
-        for text in (method, path, request_time, signature):
-            field = text.encode("utf-8", "surrogatepass")
-            digest.update(len(field).to_bytes(4, "big"))
-            digest.update(field)
-        return digest.digest()
+        # The repr of a tuple of strings reads back as the same tuple (so distinct fields never
+        # hash the same text) and escapes lone surrogates: one call instead of one per field.
+        fields = repr((method, path, request_time, signature)).encode("utf-8")
+        return hashlib.blake2b(
+            key + fields, digest_size=_DIGEST_BYTES, person=_FINGERPRINT_PERSON
+        ).digest()
 
     def contains(self, key: bytes, generation: int) -> bool:
         """The body behind `key` was answered acknowledged (ask after verifying the request)."""

@@ -69,7 +69,10 @@ def test_fingerprints_depend_on_every_signed_field() -> None:
         changed = list(fields)
         changed[i] += "x"
         assert AckCache.fingerprint(key, *changed) != fingerprint, fields[i]
-    # Each field is length-prefixed: moving a character from one field to the next shows.
+    # Path text decoded with surrogateescape (a byte that is not UTF-8) is its own field value.
+    escaped = AckCache.fingerprint(key, "POST", "/a\udcff", *fields[2:])
+    assert escaped != AckCache.fingerprint(key, "POST", "/a\xff", *fields[2:])
+    # The fields are delimited: moving a character from one field to the next shows.
     moved = ("POST", "/alipay/notify2", "026-12-02T10:00:00+08:00", fields[3])
     assert AckCache.fingerprint(key, *moved) != fingerprint
 
