@@ -83,9 +83,15 @@ RESERVED_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 # bounded, as the values come from the network.
 _ACCEPTED_CONTENT_TYPES: set[str | None] = set()
 _MAX_ACCEPTED_CONTENT_TYPES: Final = 16
-# Client-Id, Request-Time and Signature as WSGI spells them: Falcon's req.headers, which the
-# verifier reads (signature.signed_headers), holds exactly these values under those names.
-_SIGNED_ENVIRON_KEYS: Final = ("HTTP_CLIENT_ID", "HTTP_REQUEST_TIME", "HTTP_SIGNATURE")
+# The headers the verifier reads (Client-Id, Request-Time, Signature) and their WSGI environ keys.
+# Falcon's req.headers holds exactly these environ values under these names (the server has
+# joined repeated headers already), but builds a dict of every header to get there.
+_SIGNED_HEADERS: Final = (
+    ("Client-Id", "HTTP_CLIENT_ID"),
+    ("Request-Time", "HTTP_REQUEST_TIME"),
+    ("Signature", "HTTP_SIGNATURE"),
+)
+_SIGNED_ENVIRON_KEYS: Final = tuple(key for _, key in _SIGNED_HEADERS)
 # An id a load balancer hands us is kept when it is this tame; otherwise we make our own.
 _ACCEPTABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -291,7 +297,9 @@ class _NotifyResource:
     def _verify(self, path: str, req: falcon.Request, body: bytes) -> VerifiedRequest:
         if self._config.insecure_skip_verification:
             self._metrics.insecure_requests.inc()
-        return self._verifier.verify("POST", path, req.headers, body)
+        env = req.env
+        headers = {name: env[key] for name, key in _SIGNED_HEADERS if key in env}
+        return self._verifier.verify("POST", path, headers, body)
 
 
 def read_body(req: falcon.Request, limit: int) -> bytes:
