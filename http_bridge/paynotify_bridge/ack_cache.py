@@ -7,7 +7,7 @@ its side): 2 minutes later, then 10, 10, 60 ... The hub would answer such a retr
 ("acknowledged earlier"): the promise was kept on the first attempt and an acknowledgement is
 never withdrawn. This cache lets the bridge give the same answer for the cost of hashing the
 request (or of verifying the signature of a retry signed anew), which matters when a burst of
-retries arrives (measured in `make bench`, duplicate row).
+retries arrives (measured in `make bench`, the duplicate rows).
 
 - Only a body the hub answered acknowledged is remembered, with the fingerprint of the request
   that carried it (its path, Request-Time and Signature header besides Client-Id and body), after
