@@ -81,35 +81,32 @@ class _Table:
         self.count = 0
 
     def get(self, key: bytes) -> bytes | None:
-        data = self._data
-        if data is None or key == _EMPTY:
+        if self._data is None or key == _EMPTY:
             return None
-        slot = hash(key) % self._slots
-        while True:
-            at = slot * _SLOT
-            stored = data[at : at + _DIGEST_BYTES]
-            if stored == key:
-                return bytes(data[at + _DIGEST_BYTES : at + _SLOT])
-            if stored == _EMPTY:
-                return None
-            slot = slot + 1 if slot + 1 < self._slots else 0
+        at, found = self._probe(self._data, key)
+        return bytes(self._data[at + _DIGEST_BYTES : at + _SLOT]) if found else None
 
     def put(self, key: bytes, fingerprint: bytes) -> None:
         if key == _EMPTY:
             return  # a digest of all zeros (p = 2**-128) marks free slots: not remembered
         if self._data is None:
             self._data = bytearray(self._slots * _SLOT)
-        data, slot = self._data, hash(key) % self._slots
+        at, found = self._probe(self._data, key)
+        if found:
+            self._data[at + _DIGEST_BYTES : at + _SLOT] = fingerprint
+        else:
+            self._data[at : at + _SLOT] = key + fingerprint
+            self.count += 1
+
+    def _probe(self, data: bytearray, key: bytes) -> tuple[int, bool]:
+        """The offset of `key`'s slot and True, or of the free slot where it would go and False
+        (there is one: the table is never more than half full)."""
+        slot = hash(key) % self._slots
         while True:
             at = slot * _SLOT
             stored = data[at : at + _DIGEST_BYTES]
-            if stored == key:
-                data[at + _DIGEST_BYTES : at + _SLOT] = fingerprint
-                return
-            if stored == _EMPTY:
-                data[at : at + _SLOT] = key + fingerprint
-                self.count += 1
-                return
+            if stored in (key, _EMPTY):
+                return at, stored == key
             slot = slot + 1 if slot + 1 < self._slots else 0
 
 
@@ -159,19 +156,15 @@ class AckCache:
 
     def contains(self, key: bytes, generation: int) -> bool:
         """The body behind `key` was answered acknowledged (ask after verifying the request)."""
-        with self._lock:
-            self._age(self._clock(), generation)
-            return self._current.get(key) is not None or self._previous.get(key) is not None
+        return self._known(key, generation) is not None
 
     def verified_before(self, key: bytes, fingerprint: bytes, generation: int) -> bool:
         """The body behind `key` was answered acknowledged, carried by a verified request with
         this `fingerprint`: the same request again needs no verification."""
-        with self._lock:
-            self._age(self._clock(), generation)
-            known = self._current.get(key) or self._previous.get(key)
-            if known is None or known == NO_FINGERPRINT:
-                return False
-            return hmac.compare_digest(known, fingerprint)
+        known = self._known(key, generation)
+        if known is None or known == NO_FINGERPRINT:
+            return False
+        return hmac.compare_digest(known, fingerprint)
 
     def add(self, key: bytes, fingerprint: bytes, generation: int) -> None:
         if len(key) != _DIGEST_BYTES or len(fingerprint) != _DIGEST_BYTES:
@@ -184,6 +177,12 @@ class AckCache:
             self._current.put(key, fingerprint)
             if self._current.count >= self._generation_size:
                 self._rotate(now)
+
+    def _known(self, key: bytes, generation: int) -> bytes | None:
+        """The fingerprint remembered with `key`, None if the key is not remembered."""
+        with self._lock:
+            self._age(self._clock(), generation)
+            return self._current.get(key) or self._previous.get(key)
 
     def __len__(self) -> int:
         with self._lock:

@@ -91,7 +91,6 @@ _SIGNED_HEADERS: Final = (
     ("Request-Time", "HTTP_REQUEST_TIME"),
     ("Signature", "HTTP_SIGNATURE"),
 )
-_SIGNED_ENVIRON_KEYS: Final = tuple(key for _, key in _SIGNED_HEADERS)
 # An id a load balancer hands us is kept when it is this tame; otherwise we make our own.
 _ACCEPTABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -221,17 +220,17 @@ class _NotifyResource:
         received_at = self._clock()
         body = read_body(req, self._config.max_body_bytes)
         path = signed_path(req.env)
+        headers = _signed_headers(req.env)
         cache = self._ack_cache
         if cache is None:
-            self._publish(req, resp, received_at, body, self._verify(path, req, body))
+            self._publish(req, resp, received_at, body, self._verify(path, headers, body))
             return
         generation = self._publisher.hub_generation
         fingerprint = NO_FINGERPRINT
         if not self._config.insecure_skip_verification:
             # Byte for byte a request verified before, whose body was acknowledged: verifying it
             # again would give the same answer (ack_cache.py).
-            env = req.env
-            client_id, request_time, signature = (env.get(name) for name in _SIGNED_ENVIRON_KEYS)
+            client_id, request_time, signature = (headers.get(name) for name, _ in _SIGNED_HEADERS)
             if client_id is not None and request_time is not None and signature is not None:
                 key = cache.key(client_id, body)
                 fingerprint = cache.fingerprint(key, "POST", path, request_time, signature)
@@ -239,7 +238,7 @@ class _NotifyResource:
                     self._metrics.ack_cache_repeats.inc()
                     self._answer_from_cache(req, resp, "the same request")
                     return
-        verified = self._verify(path, req, body)
+        verified = self._verify(path, headers, body)
         key = cache.key(verified.client_id, body)
         if cache.contains(key, generation):
             self._answer_from_cache(req, resp, "a body")
@@ -294,12 +293,15 @@ class _NotifyResource:
         resp.data = SUCCESS_BODY
         self._metrics.count_success()
 
-    def _verify(self, path: str, req: falcon.Request, body: bytes) -> VerifiedRequest:
+    def _verify(self, path: str, headers: Mapping[str, str], body: bytes) -> VerifiedRequest:
         if self._config.insecure_skip_verification:
             self._metrics.insecure_requests.inc()
-        env = req.env
-        headers = {name: env[key] for name, key in _SIGNED_HEADERS if key in env}
         return self._verifier.verify("POST", path, headers, body)
+
+
+def _signed_headers(env: Mapping[str, Any]) -> dict[str, str]:
+    """The headers the verifier reads, those of them present, from the WSGI environ."""
+    return {name: env[key] for name, key in _SIGNED_HEADERS if key in env}
 
 
 def read_body(req: falcon.Request, limit: int) -> bytes:
