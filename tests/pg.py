@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -36,3 +39,20 @@ def schema_url(dsn: str, schema: str) -> str:
     """The DSN with `search_path` set to `schema`, so a test gets its own tables."""
     sep = "&" if "?" in dsn else "?"
     return f"{dsn}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@contextlib.contextmanager
+def fresh_schema_url() -> Iterator[str]:
+    """A new schema in the test database (skipped as `postgres_dsn_or_skip` says), as the URL
+    that selects it; dropped after."""
+    import psycopg
+
+    dsn = postgres_dsn_or_skip()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield schema_url(dsn, schema)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -4,18 +4,16 @@ replay on one hub wakes the members connected to the other (LISTEN/NOTIFY, not t
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from paynotify.v1 import admin_pb2
 from tests.admin.kit import admin_hub, admin_stub
 from tests.hub.helpers import publish_pending
 from tests.hubkit import raw_subscriber
-from tests.pg import postgres_dsn_or_skip, schema_url
+from tests.pg import fresh_schema_url
 
 pytestmark = pytest.mark.postgres
 
@@ -25,15 +23,8 @@ SLOW_POLL = 30.0
 
 @pytest.fixture
 def store_url() -> Iterator[str]:
-    dsn = postgres_dsn_or_skip()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield schema_url(dsn, schema)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with fresh_schema_url() as url:
+        yield url
 
 
 async def test_replay_on_one_hub_wakes_members_of_another(tmp_path: Path, store_url: str) -> None:

@@ -7,6 +7,16 @@ queries; events are queued by `pg_notify` inside the statement, so they are stil
 commit. All parts of a statement share one snapshot: a part never sees rows another part inserted
 (only their RETURNING), and rows committed by others after the statement began are seen only by
 the row locks and conflict checks, which wait for and read the newest version.
+
+Plans: psycopg prepares a statement after a few runs on a connection and PostgreSQL then keeps
+one generic plan for it, often made while the tables were near empty (a new hub, a new schema)
+and kept until an ANALYZE replaces it. A plan that reads a growing table whole costs more with
+every notification stored, so each statement here reaches those tables through an index
+whatever their size looked like: a subquery that only needs a value of another part reads it
+uncorrelated (an InitPlan, never a hashed subplan), a join with `unnest` of the caller's rows
+also filters by `= ANY(ids)`, and a set of ids is `= ANY(ARRAY(subquery))`.
+tests/store/test_postgres_plans.py checks every statement the hub runs per notification or
+periodically.
 """
 
 from __future__ import annotations
@@ -85,7 +95,7 @@ WITH upserted AS (
 ), announced AS ({_GROUP_EVENTS_OF_ADDED}
 )
 SELECT u.id, u.created, u.send_count, u.first_received_at,
-    EXISTS (SELECT FROM notifications WHERE id = u.id) AS visible,
+    EXISTS (SELECT FROM notifications WHERE id = (SELECT id FROM upserted)) AS visible,
     (SELECT count(*) FROM announced) AS events,
     s.group_name, s.state, s.attempts
 FROM upserted AS u
@@ -201,6 +211,7 @@ WITH requeued AS (
         %(available)s::float8[], %(reasons)s::text[], %(members)s::text[])
         AS r(group_name, notification_id, state, available_at, dead_reason, member)
     WHERE d.group_name = r.group_name AND d.notification_id = r.notification_id
+        AND d.notification_id = ANY(%(ids)s::bigint[])
     RETURNING d.notification_id, d.group_name, d.attempts, r.member, d.state, d.available_at,
         d.dead_reason
 ){_HISTORY_COLUMNS}
@@ -213,17 +224,17 @@ WHERE group_name = %(group)s AND state = 'pending' AND {_TYPE_FILTER}"""
 # Dead letters are kept for the operator: only notifications whose deliveries are all acked go.
 PURGE_SETTLED: Final = """
 WITH purged AS (
-    DELETE FROM notifications WHERE id IN (
+    DELETE FROM notifications WHERE id = ANY(ARRAY(
         SELECT n.id FROM notifications AS n
         WHERE n.last_received_at < %(before)s
             AND NOT EXISTS (SELECT 1 FROM deliveries AS d
                             WHERE d.notification_id = n.id AND d.state <> 'acked')
         ORDER BY n.id
         LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED)
+        FOR UPDATE SKIP LOCKED))
     RETURNING id
 ), history AS (
-    DELETE FROM delivery_history AS h USING purged WHERE h.notification_id = purged.id
+    DELETE FROM delivery_history WHERE notification_id = ANY(ARRAY(SELECT id FROM purged))
 )
 SELECT count(*) FROM purged"""
 NOTIFY: Final = "SELECT pg_notify(%(channel)s, p) FROM unnest(%(payloads)s::text[]) AS p"
