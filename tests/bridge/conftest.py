@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry
 
-from paynotify_bridge.app import create_app
+from paynotify_bridge.app import RequestVerifier, create_app
 from paynotify_bridge.cli import BridgeServer, build_verifier
 from paynotify_bridge.config import BridgeConfig, KeySource
 from paynotify_bridge.devkeys import ensure_dev_keys
@@ -183,10 +183,19 @@ def bridge_config(alipay_keys: Keys, hubs: Iterable[str], **overrides: Any) -> B
     return BridgeConfig(**settings)
 
 
-def start_bridge(config: BridgeConfig, keys: Keys, **app_options: Any) -> Bridge:
+def start_bridge(
+    config: BridgeConfig,
+    keys: Keys,
+    wrap_verifier: Callable[[RequestVerifier], RequestVerifier] | None = None,
+    **app_options: Any,
+) -> Bridge:
+    """`wrap_verifier` gets the real verifier and returns the one the app uses (to watch it)."""
     registry = CollectorRegistry()
     publisher = HubPublisher(config.hubs, config.publish_timeout)
-    app = create_app(config, build_verifier(config), publisher, registry=registry, **app_options)
+    verifier = build_verifier(config)
+    if wrap_verifier is not None:
+        verifier = wrap_verifier(verifier)
+    app = create_app(config, verifier, publisher, registry=registry, **app_options)
     server = BridgeServer(app, config)
     thread = threading.Thread(target=server.serve, name="bridge", daemon=True)
     thread.start()
@@ -203,7 +212,9 @@ def make_bridge(alipay_keys: Keys) -> Iterator[BridgeFactory]:
 
     def make(hubs: str | Iterable[str], **overrides: Any) -> Bridge:
         hub_list = [hubs] if isinstance(hubs, str) else list(hubs)
-        app_options = {k: overrides.pop(k) for k in ("clock", "request_ids") if k in overrides}
+        app_options = {
+            k: overrides.pop(k) for k in ("clock", "request_ids", "wrap_verifier") if k in overrides
+        }
         bridge = start_bridge(
             bridge_config(alipay_keys, hub_list, **overrides), alipay_keys, **app_options
         )

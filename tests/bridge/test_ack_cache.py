@@ -6,14 +6,16 @@ from __future__ import annotations
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from paynotify_bridge.ack_cache import NO_FINGERPRINT, AckCache
+from paynotify_bridge.app import RequestVerifier
 from paynotify_bridge.config import BridgeConfig, ConfigError
+from paynotify_bridge.signature import VerifiedRequest
 from tests.bridge.conftest import (
     CLIENT_ID,
     SOON,
@@ -28,6 +30,8 @@ from tests.hubkit import ThreadedHub, hub_process
 
 SAMPLE = sample_body("payment_result_success")
 FP = b"f" * 16  # a request fingerprint, where the test does not look at it
+# The Request-Time of a first send, repeated byte for byte.
+FIRST_TIME = "2026-12-02T10:00:00+08:00"
 
 
 def k(name: object) -> bytes:
@@ -298,10 +302,9 @@ def test_a_byte_identical_retry_skips_verification_and_nothing_else_does(
     make_bridge: BridgeFactory, hub: ThreadedHub
 ) -> None:
     bridge = make_bridge(hub.address)
-    first_time = "2026-12-02T10:00:00+08:00"
     with subscribed(hub.address):
-        assert bridge.notify(SAMPLE, request_time=first_time).status == 200
-    same = bridge.notify(SAMPLE, request_time=first_time)
+        assert bridge.notify(SAMPLE, request_time=FIRST_TIME).status == 200
+    same = bridge.notify(SAMPLE, request_time=FIRST_TIME)
     assert (same.status, same.body) == (200, SUCCESS_BODY)
     assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 1
     # Any other Signature header with every other field the same is verified, and fails.
@@ -309,11 +312,11 @@ def test_a_byte_identical_retry_skips_verification_and_nothing_else_does(
         "algorithm=RSA256,keyVersion=1,signature=AAAA",
         "algorithm=RSA256,keyVersion=1,signature=BBBB",
     ):
-        reply = bridge.notify(SAMPLE, request_time=first_time, headers={"Signature": forged})
+        reply = bridge.notify(SAMPLE, request_time=FIRST_TIME, headers={"Signature": forged})
         assert reply.status == 401, (forged, reply.body)
     # The same Signature header with any other signed field changed is verified, and fails.
     signature = signed_headers(
-        bridge.keys, SAMPLE, request_time=first_time, path=bridge.config.path
+        bridge.keys, SAMPLE, request_time=FIRST_TIME, path=bridge.config.path
     )
     stale = bridge.notify(
         SAMPLE,
@@ -323,7 +326,7 @@ def test_a_byte_identical_retry_skips_verification_and_nothing_else_does(
     assert stale.status == 401, stale.body
     path = bridge.config.path
     encoded = path[:-1] + f"%{ord(path[-1]):02X}"  # routed to the same resource, signed otherwise
-    moved = bridge.notify(SAMPLE, request_time=first_time, target=encoded, path=path)
+    moved = bridge.notify(SAMPLE, request_time=FIRST_TIME, target=encoded, path=path)
     assert moved.status == 401, moved.body
     assert bridge.metric("paynotify_bridge_signature_failures_total", reason="bad_signature") == 4
     # A retry signed anew is verified, then answered from the cache.
@@ -332,6 +335,72 @@ def test_a_byte_identical_retry_skips_verification_and_nothing_else_does(
     assert bridge.metric("paynotify_bridge_ack_cache_hits_total") == 2
     assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 1
     assert store_counts(hub) == (1, 1)
+
+
+class CountingVerifier:
+    """The bridge's real verifier, counting its calls."""
+
+    def __init__(self, real: RequestVerifier) -> None:
+        self.real = real
+        self.calls = 0
+
+    def verify(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> VerifiedRequest:
+        self.calls += 1
+        return self.real.verify(method, path, headers, body)
+
+
+def test_a_byte_identical_retry_never_reaches_the_verifier(
+    make_bridge: BridgeFactory, hub: ThreadedHub
+) -> None:
+    watched: list[CountingVerifier] = []
+
+    def wrap(real: RequestVerifier) -> RequestVerifier:
+        watched.append(CountingVerifier(real))
+        return watched[0]
+
+    bridge = make_bridge(hub.address, wrap_verifier=wrap)
+    verifier = watched[0]
+    with subscribed(hub.address):
+        assert bridge.notify(SAMPLE, request_time=FIRST_TIME).status == 200
+    assert verifier.calls == 1
+    for _ in range(3):
+        assert bridge.notify(SAMPLE, request_time=FIRST_TIME).status == 200
+    assert verifier.calls == 1
+    # Signed anew: verified once more, then answered from the cache.
+    assert bridge.notify(SAMPLE, request_time="2026-12-02T10:02:00+08:00").status == 200
+    assert verifier.calls == 2
+    forged = bridge.notify(
+        SAMPLE,
+        request_time=FIRST_TIME,
+        headers={"Signature": "algorithm=RSA256,keyVersion=1,signature=AAAA"},
+    )
+    assert forged.status == 401 and verifier.calls == 3
+
+
+def test_a_repeat_gets_the_same_reply_as_the_first_answer_header_for_header(
+    make_bridge: BridgeFactory, hub: ThreadedHub
+) -> None:
+    """Repeats are answered before Falcon (app.py's _RepeatShortcut): the reply must not show it."""
+    bridge = make_bridge(hub.address)
+    with subscribed(hub.address):
+        first = bridge.notify(SAMPLE, request_time=FIRST_TIME, headers={"X-Request-Id": "lb-1"})
+    repeat = bridge.notify(SAMPLE, request_time=FIRST_TIME, headers={"X-Request-Id": "lb-2"})
+    assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 1
+    assert (repeat.status, repeat.body) == (first.status, first.body) == (200, SUCCESS_BODY)
+    assert sorted(repeat.headers) == sorted(first.headers)
+    same = ("content-type", "content-length", "server")
+    assert {h: repeat.headers[h] for h in same} == {h: first.headers[h] for h in same}
+    assert (first.headers["x-request-id"], repeat.headers["x-request-id"]) == ("lb-1", "lb-2")
+    # An id the load balancer gave that is not tame is replaced, as the app does.
+    wild = bridge.notify(SAMPLE, request_time=FIRST_TIME, headers={"X-Request-Id": "a b"})
+    assert wild.status == 200 and wild.headers["x-request-id"] not in ("a b", "")
+    # Sent chunked (no Content-Length from the client), a repeat is still answered SUCCESS.
+    chunked = bridge.notify(SAMPLE, request_time=FIRST_TIME, chunked=True)
+    assert (chunked.status, chunked.body) == (200, SUCCESS_BODY)
+    assert bridge.metric("paynotify_bridge_requests_total", outcome="success") == 4
+    assert bridge.metric("paynotify_bridge_ack_cache_hits_total") == 3
 
 
 def test_without_verification_no_request_passes_for_a_verified_one(
