@@ -7,6 +7,7 @@ killed process) take the `sqlite_store` fixture, which skips for other backends.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sqlite3
 import subprocess
@@ -221,6 +222,8 @@ async def test_claim_tokens_differ_per_lease(store: Store) -> None:
         await add(store, n)
     leases = await store.claim("orders", "m1", 3, LEASE, ALL, T0)
     assert len({x.token for x in leases}) == 3
+    # 64 bits from the CSPRNG each, as 16 hex digits: unguessable, and never a cut-off piece.
+    assert all(re.fullmatch("[0-9a-f]{16}", x.token) for x in leases), leases
 
 
 # ack, nack, reject, extend

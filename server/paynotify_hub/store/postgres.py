@@ -78,6 +78,9 @@ CONNECTION_DEFAULTS: Final[Mapping[str, str | int]] = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
+# A lease token is 8 bytes from the CSPRNG as 16 hex digits (as SQLite's); CLAIM cuts them from
+# one string.
+TOKEN_BYTES: Final = 8
 LISTEN_BACKOFF_MIN: Final = 0.5
 LISTEN_BACKOFF_MAX: Final = 30.0
 # The listener proves its connection alive this often while no notification arrives.
@@ -204,7 +207,7 @@ class PostgresStore:
             "expires": now + lease_seconds,
             "types": sorted(notify_types),
             "limit": limit,
-            "tokens": _new_tokens(limit),
+            "tokens": secrets.token_hex(TOKEN_BYTES * limit),
         }
         async with self._statement("claim") as conn:
             rows = await _fetch_all(conn, q.CLAIM, params)
@@ -642,12 +645,6 @@ def _is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _new_tokens(count: int) -> list[str]:
-    """`count` unguessable lease tokens of 16 hex digits, from one call to the CSPRNG."""
-    digits = secrets.token_hex(8 * count)
-    return [digits[i : i + 16] for i in range(0, 16 * count, 16)]
 
 
 def _lease_of(group: str, row: TupleRow) -> Lease:
