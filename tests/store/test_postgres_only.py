@@ -10,12 +10,14 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
 from paynotify_hub.domain import (
     ActionStatus,
+    DeliveryState,
     GroupSpec,
     NewNotification,
     ReceiptRecord,
@@ -153,6 +155,70 @@ async def test_listener_hears_appends_and_acks_of_the_other_hub_only(
     settled = StoreEvent(notification_id=appended.notification_id)
     assert await wait_for(lambda: settled in heard_by_b, 5)
     assert heard_by_a == []  # a hub's own changes are not news to it
+
+
+async def test_acks_that_arrive_together_share_statements_each_with_its_own_answer(
+    hubs: tuple[PostgresStore, PostgresStore], schema: str, dsn: str
+) -> None:
+    a, b = hubs
+    heard_by_b: list[StoreEvent] = []
+    await b.listen(heard_by_b.append)
+    for n in range(40):
+        await a.append(notification(n), receipt(), GROUPS)
+    leases = await a.claim("ledger", "m", 40, 30.0, frozenset(), T0 + 1)
+    assert len(leases) == 40
+    batches: list[int] = []
+    run = a._acks._run  # the real statement, watched
+
+    async def counted(acks: Any) -> Any:
+        batches.append(len(acks))
+        return await run(acks)
+
+    a._acks._run = counted
+    first = leases[0]
+    answers = await asyncio.gather(
+        *(a.ack("ledger", x.notification_id, x.token, T0 + 2) for x in leases),
+        a.ack("ledger", first.notification_id, first.token, T0 + 2),  # the same ack twice
+        a.ack("ledger", leases[1].notification_id, "not-the-token", T0 + 2),
+        a.ack("ledger", leases[2].notification_id, "nul\x00token", T0 + 2),
+        a.ack("ledger", 10**9, "whatever", T0 + 2),  # no such delivery
+        a.ack("ledger", 2**70, "whatever", T0 + 2),  # no bigint: never sent
+        a.ack("mailer", first.notification_id, first.token, T0 + 2),  # not leased there
+    )
+    assert answers[:40] == [ActionStatus.OK] * 40
+    assert answers[40:] == [ActionStatus.STALE] * 3 + [ActionStatus.UNKNOWN] * 2 + [
+        ActionStatus.STALE
+    ]
+    assert sum(batches) == 45 and len(batches) < 45, batches  # shared, and 2**70 never went
+    for lease in leases:
+        states = await a.group_states(lease.notification_id)
+        assert states["ledger"].state is DeliveryState.ACKED
+    with psycopg.connect(schema_url(dsn, schema)) as conn:
+        history = conn.execute(
+            "SELECT count(*), count(DISTINCT notification_id) FROM delivery_history"
+            " WHERE kind = 'acked'"
+        ).fetchone()
+    assert history == (40, 40)
+    settled = {StoreEvent(notification_id=x.notification_id) for x in leases}
+    assert await wait_for(lambda: settled <= set(heard_by_b), 5)
+
+
+async def test_an_ack_the_database_refuses_fails_alone(
+    hubs: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = hubs
+    for n in range(5):
+        await a.append(notification(n), receipt(), GROUPS)
+    leases = await a.claim("ledger", "m", 5, 30.0, frozenset(), T0 + 1)
+    # PostgreSQL text cannot hold NUL: a group name with one fails the statement it is in.
+    answers = await asyncio.gather(
+        *(a.ack("ledger", x.notification_id, x.token, T0 + 2) for x in leases),
+        a.ack("led\x00ger", leases[0].notification_id, leases[0].token, T0 + 2),
+        return_exceptions=True,
+    )
+    assert answers[:5] == [ActionStatus.OK] * 5
+    assert isinstance(answers[5], StoreError)
+    assert "\x00" not in str(answers[5])
 
 
 async def test_events_do_not_cross_schemas(

@@ -30,7 +30,7 @@ HOT = {
     "APPEND": q.APPEND,
     "GROUP_STATES": q.GROUP_STATES,
     "CLAIM": q.CLAIM,
-    "ACK": q.ACK,
+    "ACK_MANY": q.ACK_MANY,
     "REJECT": q.REJECT,
     "EXTEND": q.EXTEND,
     "LOCK_DELIVERY": q.LOCK_DELIVERY,

@@ -28,7 +28,16 @@ import secrets
 import select
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, TypeAlias
 
@@ -78,6 +87,10 @@ CONNECTION_DEFAULTS: Final[Mapping[str, str | int]] = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
+# Notification ids are bigint identities, from 1.
+MAX_ID: Final = 2**63 - 1
+# Acks that one statement settles at most (postgres_sql.ACK_MANY).
+MAX_ACK_BATCH: Final = 256
 # A lease token is 8 bytes from the CSPRNG as 16 hex digits (as SQLite's); CLAIM cuts them from
 # one string.
 TOKEN_BYTES: Final = 8
@@ -127,6 +140,7 @@ class PostgresStore:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._returned_at: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+        self._acks = _AckBatches(self._ack_many)
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -154,6 +168,9 @@ class PostgresStore:
         self._pool = pool
 
     async def close(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await self._acks.drain()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
@@ -214,9 +231,11 @@ class PostgresStore:
         return sorted((_lease_of(group, row) for row in rows), key=lambda x: x.notification_id)
 
     async def ack(self, group: str, notification_id: int, token: str, now: float) -> ActionStatus:
-        key = {"group": group, "id": notification_id, "now": now}
-        [payload] = _settled_payloads(self._origin, [notification_id])
-        return await self._on_lease("ack", q.ACK, {**key, **self._event_params(payload)}, token)
+        if self._pool is None:
+            raise StoreError("ack: the store is not open")
+        if not 0 < notification_id <= MAX_ID:
+            return ActionStatus.UNKNOWN  # no such delivery, and not a value to fail a batch with
+        return await self._acks.ack(_Ack(group, notification_id, token, now))
 
     async def nack(
         self,
@@ -365,6 +384,25 @@ class PostgresStore:
         status, _, _ = _lease_status(row[:4], token)
         return status
 
+    async def _ack_many(self, acks: Sequence[_Ack]) -> list[ActionStatus]:
+        """One statement (one transaction) for acks of distinct deliveries, in the given order."""
+        params = {
+            "groups": [a.group for a in acks],
+            "ids": [a.notification_id for a in acks],
+            # A token that text cannot hold (NUL, lone surrogate) matches no lease, as in _on_lease.
+            "tokens": [a.token if _is_text(a.token) else None for a in acks],
+            "nows": [a.now for a in acks],
+            "events": _settled_payloads(self._origin, (a.notification_id for a in acks)),
+            "channel": self._channel,
+        }
+        statuses = [ActionStatus.UNKNOWN] * len(acks)
+        async with self._statement("ack") as conn:
+            rows = await _fetch_all(conn, q.ACK_MANY, params)
+        for row in rows:
+            index = row[0] - 1  # WITH ORDINALITY counts from 1
+            statuses[index] = _lease_status(row[1:5], acks[index].token)[0]
+        return statuses
+
     def _event_params(self, event: str = "") -> dict[str, Any]:
         """What statements that queue events need: `event` is a payload made here, the others
         let the statement write payloads as `_group_payloads` does."""
@@ -472,6 +510,85 @@ class PostgresStore:
             on_event(event)
         except Exception:  # a failing callback must not stop the listener
             logger.exception("store event callback failed")
+
+
+# -- acks, coalesced ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ack:
+    group: str
+    notification_id: int
+    token: str
+    now: float
+
+
+class _AckBatches:
+    """Group commit for acks: while one batch's statement runs, the acks that arrive wait and go
+    together in the next (at most `MAX_ACK_BATCH`, never one delivery twice in a batch). An ack
+    that finds nothing running goes at once, alone. Each caller gets its own status, or the
+    batch's error; a caller that stops waiting does not stop the batch (its ack may still land,
+    as a single statement cancelled in flight may)."""
+
+    def __init__(self, run: Callable[[Sequence[_Ack]], Awaitable[list[ActionStatus]]]) -> None:
+        self._run = run
+        self._waiting: list[tuple[_Ack, asyncio.Future[ActionStatus]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def ack(self, ack: _Ack) -> ActionStatus:
+        future: asyncio.Future[ActionStatus] = asyncio.get_running_loop().create_future()
+        self._waiting.append((ack, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name="paynotify-store-acks")
+        return await future
+
+    async def drain(self) -> None:
+        """Wait for the acks taken so far (each statement is bounded by the statement timeout)."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                await self._settle(self._next_batch())
+        finally:
+            self._task = None
+
+    async def _settle(self, batch: list[tuple[_Ack, asyncio.Future[ActionStatus]]]) -> None:
+        try:
+            statuses = await self._run([ack for ack, _ in batch])
+        except StoreUnavailable as exc:  # the database is away: every caller's error
+            _fail(batch, exc)
+        except Exception as exc:  # a deadlock, or one ack the database refused
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            for item in batch:  # alone, so only what fails again fails
+                await self._settle([item])
+        else:
+            for (_, future), status in zip(batch, statuses, strict=True):
+                if not future.done():
+                    future.set_result(status)
+
+    def _next_batch(self) -> list[tuple[_Ack, asyncio.Future[ActionStatus]]]:
+        batch: list[tuple[_Ack, asyncio.Future[ActionStatus]]] = []
+        later: list[tuple[_Ack, asyncio.Future[ActionStatus]]] = []
+        keys: set[tuple[str, int]] = set()
+        for item in self._waiting:
+            key = (item[0].group, item[0].notification_id)
+            if len(batch) < MAX_ACK_BATCH and key not in keys and not item[1].done():
+                keys.add(key)
+                batch.append(item)
+            elif not item[1].done():
+                later.append(item)
+        self._waiting = later
+        return batch
+
+
+def _fail(batch: list[tuple[_Ack, asyncio.Future[ActionStatus]]], exc: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 # -- connection and errors ---------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """SQL text of the PostgreSQL store (postgres.py runs it; postgres_admin.py has the operator's).
 
-The hot verbs (append, claim, ack, reject, extend, group_states, next_due) are one statement each:
-on the pool's autocommit connections a single statement is its own transaction, so each costs one
-round trip instead of BEGIN, several statements and COMMIT. Their parts are data-modifying WITH
+The hot verbs (append, claim, ack, reject, extend, group_states, next_due) are one statement each
+(acks that arrive together share one): on the pool's autocommit connections a single statement
+is its own transaction, so each costs one round trip instead of BEGIN, several statements and
+COMMIT. Their parts are data-modifying WITH
 queries; events are queued by `pg_notify` inside the statement, so they are still sent only on
 commit. All parts of a statement share one snapshot: a part never sees rows another part inserted
 (only their RETURNING), and rows committed by others after the statement began are seen only by
@@ -24,7 +25,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
-    "ACK",
+    "ACK_MANY",
     "APPEND",
     "APPLIED_VERSIONS",
     "CLAIM",
@@ -150,23 +151,38 @@ WHERE group_name = %(group)s AND notification_id = %(id)s
 FOR UPDATE"""
 
 
-# ACK, REJECT and EXTEND lock the delivery as LOCK_DELIVERY does (the newest version of its row)
-# and change it only while it is leased under `token`. They answer LOCK_DELIVERY's row (none: no
-# such delivery) and the number of events queued.
+# ACK_MANY, REJECT and EXTEND lock the delivery as LOCK_DELIVERY does (the newest version of its
+# row) and change it only while it is leased under the token given. They answer LOCK_DELIVERY's row
+# (none: no such delivery) and the number of events queued.
 _HELD: Final = "t.state = 'leased' AND t.lease_token = %(token)s"
-ACK: Final = f"""
-WITH t AS MATERIALIZED ({LOCK_DELIVERY}
+# Acks of several deliveries at once (postgres.py's `_AckBatches`): `asked` holds one row per ack,
+# no delivery twice; the rows are locked in key order, so two such statements never deadlock.
+# Each row answered starts with the ack's ordinal (from 1).
+ACK_MANY: Final = f"""
+WITH asked AS (
+    SELECT * FROM unnest(%(groups)s::text[], %(ids)s::bigint[], %(tokens)s::text[],
+        %(nows)s::float8[], %(events)s::text[]) WITH ORDINALITY
+        AS a(group_name, notification_id, token, now, event, ord)
+), t AS MATERIALIZED (
+    SELECT a.ord, d.state, d.lease_token, d.attempts, d.lease_member
+    FROM deliveries AS d
+    JOIN asked AS a ON d.group_name = a.group_name AND d.notification_id = a.notification_id
+    WHERE d.notification_id = ANY(%(ids)s::bigint[])
+    ORDER BY d.group_name, d.notification_id
+    FOR UPDATE OF d
 ), acked AS (
-    UPDATE deliveries AS d SET state = 'acked', acked_at = %(now)s, lease_expires_at = NULL
-    FROM t
-    WHERE d.group_name = %(group)s AND d.notification_id = %(id)s AND {_HELD}
-    RETURNING d.notification_id, d.group_name, d.attempts, d.lease_member
+    UPDATE deliveries AS d SET state = 'acked', acked_at = a.now, lease_expires_at = NULL
+    FROM t JOIN asked AS a ON a.ord = t.ord
+    WHERE d.group_name = a.group_name AND d.notification_id = a.notification_id
+        AND d.notification_id = ANY(%(ids)s::bigint[])
+        AND t.state = 'leased' AND t.lease_token = a.token
+    RETURNING d.notification_id, d.group_name, d.attempts, d.lease_member, a.now, a.event
 ), recorded AS ({_HISTORY_COLUMNS}
-    SELECT notification_id, group_name, 'acked', %(now)s, attempts, coalesce(lease_member, ''),
+    SELECT notification_id, group_name, 'acked', now, attempts, coalesce(lease_member, ''),
         'acked', NULL, NULL, ''
     FROM acked
 ), announced AS (
-    SELECT pg_notify(%(channel)s, %(event)s) FROM acked
+    SELECT pg_notify(%(channel)s, event) FROM acked
 )
 SELECT t.*, (SELECT count(*) FROM announced) FROM t"""
 REJECT: Final = f"""
