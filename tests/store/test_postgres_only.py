@@ -157,6 +157,90 @@ async def test_listener_hears_appends_and_acks_of_the_other_hub_only(
     assert heard_by_a == []  # a hub's own changes are not news to it
 
 
+def watch_batches(batches: Any) -> list[int]:
+    """The sizes of the batches a store's `_Batches` runs from now on (its real statement)."""
+    sizes: list[int] = []
+    run = batches._run
+
+    async def counted(items: Any) -> Any:
+        sizes.append(len(items))
+        return await run(items)
+
+    batches._run = counted
+    return sizes
+
+
+async def test_appends_that_arrive_together_share_statements_each_with_its_own_answer(
+    hubs: tuple[PostgresStore, PostgresStore], schema: str, dsn: str
+) -> None:
+    a, b = hubs
+    heard_by_b: list[StoreEvent] = []
+    await b.listen(heard_by_b.append)
+    groups = [*GROUPS, GroupSpec("refunds", notify_types=frozenset({"REFUND_RESULT"}))]
+    batches = watch_batches(a._appends)
+    refund = NewNotification(
+        identity=identity_of("REFUND_RESULT", "pay-r", "", "SUCCESS"),
+        notify_type="REFUND_RESULT",
+        payment_request_id="req-r",
+        payment_id="pay-r",
+        result_status="SUCCESS",
+        payload=b"refund",
+    )
+    sent = [notification(n) for n in range(30)] + [notification(0), notification(1), refund]
+    results = await asyncio.gather(
+        *(a.append(x, receipt(T0 + i), groups) for i, x in enumerate(sent))
+    )
+    assert sum(batches) == 33 and len(batches) < 33, batches
+    assert len({r.notification_id for r in results}) == 31
+    by_identity: dict[str, list[Any]] = {}
+    for x, r in zip(sent, results, strict=True):
+        by_identity.setdefault(x.identity, []).append(r)
+    for identity, rs in by_identity.items():
+        assert sorted(r.created for r in rs) == [False] * (len(rs) - 1) + [True], identity
+        assert sorted(r.send_count for r in rs) == list(range(1, len(rs) + 1)), identity
+        assert len({r.notification_id for r in rs}) == 1
+    for x, r in zip(sent, results, strict=True):
+        wanted = {"ledger", "mailer", "refunds"} if x is refund else {"ledger", "mailer"}
+        assert set(r.groups) == wanted, (x.identity, r.groups)
+        assert {d.state for d in r.groups.values()} == {DeliveryState.PENDING}
+    with psycopg.connect(schema_url(dsn, schema)) as conn:
+        counts = conn.execute(
+            "SELECT (SELECT count(*) FROM receipts), (SELECT count(*) FROM deliveries),"
+            " (SELECT sum(send_count) FROM notifications)"
+        ).fetchone()
+    assert counts == (33, 31 * 2 + 1, 33)
+    assert await wait_for(
+        lambda: (
+            any("refunds" in e.groups for e in heard_by_b)
+            and any({"ledger", "mailer"} <= e.groups for e in heard_by_b)
+        ),
+        5,
+    )
+
+
+async def test_an_append_the_database_refuses_fails_alone(
+    hubs: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = hubs
+    # PostgreSQL text cannot hold NUL: a notification with one fails the statement it is in.
+    bad = NewNotification(
+        identity="bad",
+        notify_type="PAYMENT_RESULT",
+        payment_request_id="req\x00",
+        payment_id="pay-bad",
+        result_status="SUCCESS",
+        payload=b"",
+    )
+    answers = await asyncio.gather(
+        *(a.append(notification(n), receipt(), GROUPS) for n in range(5)),
+        a.append(bad, receipt(), GROUPS),
+        return_exceptions=True,
+    )
+    assert [getattr(r, "created", None) for r in answers[:5]] == [True] * 5
+    assert isinstance(answers[5], StoreError)
+    assert "\x00" not in str(answers[5])
+
+
 async def test_acks_that_arrive_together_share_statements_each_with_its_own_answer(
     hubs: tuple[PostgresStore, PostgresStore], schema: str, dsn: str
 ) -> None:
@@ -167,14 +251,7 @@ async def test_acks_that_arrive_together_share_statements_each_with_its_own_answ
         await a.append(notification(n), receipt(), GROUPS)
     leases = await a.claim("ledger", "m", 40, 30.0, frozenset(), T0 + 1)
     assert len(leases) == 40
-    batches: list[int] = []
-    run = a._acks._run  # the real statement, watched
-
-    async def counted(acks: Any) -> Any:
-        batches.append(len(acks))
-        return await run(acks)
-
-    a._acks._run = counted
+    batches = watch_batches(a._acks)
     first = leases[0]
     answers = await asyncio.gather(
         *(a.ack("ledger", x.notification_id, x.token, T0 + 2) for x in leases),

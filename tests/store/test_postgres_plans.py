@@ -27,7 +27,7 @@ pytestmark = pytest.mark.postgres
 GROWING = ("notifications", "receipts", "deliveries", "delivery_history")
 # Everything the hub runs for each notification or each action on one.
 HOT = {
-    "APPEND": q.APPEND,
+    "APPEND_MANY": q.APPEND_MANY,
     "GROUP_STATES": q.GROUP_STATES,
     "CLAIM": q.CLAIM,
     "ACK_MANY": q.ACK_MANY,

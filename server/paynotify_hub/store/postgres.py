@@ -32,6 +32,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Hashable,
     Iterable,
     Iterator,
     Mapping,
@@ -39,7 +40,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Generic, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -89,8 +90,8 @@ CONNECTION_DEFAULTS: Final[Mapping[str, str | int]] = {
 }
 # Notification ids are bigint identities, from 1.
 MAX_ID: Final = 2**63 - 1
-# Acks that one statement settles at most (postgres_sql.ACK_MANY).
-MAX_ACK_BATCH: Final = 256
+# Appends or acks that one statement takes at most (postgres_sql.APPEND_MANY, ACK_MANY).
+MAX_BATCH: Final = 256
 # A lease token is 8 bytes from the CSPRNG as 16 hex digits (as SQLite's); CLAIM cuts them from
 # one string.
 TOKEN_BYTES: Final = 8
@@ -140,7 +141,8 @@ class PostgresStore:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._returned_at: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
-        self._acks = _AckBatches(self._ack_many)
+        self._appends = _Batches(self._append_many, _Append.key, "append")
+        self._acks = _Batches(self._ack_many, _Ack.key, "ack")
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -170,7 +172,7 @@ class PostgresStore:
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout):
-                await self._acks.drain()
+                await asyncio.gather(self._appends.drain(), self._acks.drain())
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
@@ -182,25 +184,10 @@ class PostgresStore:
     async def append(
         self, notification: NewNotification, receipt: ReceiptRecord, groups: Sequence[GroupSpec]
     ) -> AppendResult:
-        wanted = list(dict.fromkeys(g.name for g in groups if g.wants(notification.notify_type)))
-        params = {**_append_params(notification, receipt, wanted), **self._event_params()}
-        async with self._statement("append") as conn:
-            rows = await _fetch_all(conn, q.APPEND, params)
-            if not rows:
-                raise StoreError("the database returned no row where one was due")
-            nid, created, send_count, first_received_at, visible, _ = rows[0][:6]
-            states = _states_of(row[6:] for row in rows)
-            if not created and not (visible and states.keys() >= set(wanted)):
-                # Another hub committed this identity (or a group of it) after the statement's
-                # snapshot was taken: read the states again in a fresh one.
-                states = await _group_states(conn, nid)
-        return AppendResult(
-            notification_id=nid,
-            created=created,
-            send_count=send_count,
-            first_received_at=first_received_at,
-            groups=states,
-        )
+        if self._pool is None:
+            raise StoreError("append: the store is not open")
+        wanted = tuple(dict.fromkeys(g.name for g in groups if g.wants(notification.notify_type)))
+        return await self._appends.submit(_Append(notification, receipt, wanted))
 
     async def group_states(self, notification_id: int) -> Mapping[str, GroupDelivery]:
         async with self._statement("group_states") as conn:
@@ -235,7 +222,7 @@ class PostgresStore:
             raise StoreError("ack: the store is not open")
         if not 0 < notification_id <= MAX_ID:
             return ActionStatus.UNKNOWN  # no such delivery, and not a value to fail a batch with
-        return await self._acks.ack(_Ack(group, notification_id, token, now))
+        return await self._acks.submit(_Ack(group, notification_id, token, now))
 
     async def nack(
         self,
@@ -384,6 +371,36 @@ class PostgresStore:
         status, _, _ = _lease_status(row[:4], token)
         return status
 
+    async def _append_many(self, appends: Sequence[_Append]) -> list[AppendResult]:
+        """One statement (one transaction) for appends of distinct identities, in the given
+        order."""
+        params = {**_append_params(appends), **self._event_params()}
+        rows_of: dict[int, list[TupleRow]] = {}
+        results: list[AppendResult] = []
+        async with self._statement("append") as conn:
+            for row in await _fetch_all(conn, q.APPEND_MANY, params):
+                rows_of.setdefault(row[0] - 1, []).append(row)  # WITH ORDINALITY counts from 1
+            for index, item in enumerate(appends):
+                rows = rows_of.get(index)
+                if not rows:
+                    raise StoreError("the database returned no row where one was due")
+                nid, created, send_count, first_received_at, visible, _ = rows[0][1:7]
+                states = _states_of(row[7:] for row in rows)
+                if not created and not (visible and states.keys() >= set(item.wanted)):
+                    # Another hub committed this identity (or a group of it) after the
+                    # statement's snapshot was taken: read the states again in a fresh one.
+                    states = await _group_states(conn, nid)
+                results.append(
+                    AppendResult(
+                        notification_id=nid,
+                        created=created,
+                        send_count=send_count,
+                        first_received_at=first_received_at,
+                        groups=states,
+                    )
+                )
+        return results
+
     async def _ack_many(self, acks: Sequence[_Ack]) -> list[ActionStatus]:
         """One statement (one transaction) for acks of distinct deliveries, in the given order."""
         params = {
@@ -512,7 +529,20 @@ class PostgresStore:
             logger.exception("store event callback failed")
 
 
-# -- acks, coalesced ---------------------------------------------------------------------------
+# -- appends and acks, coalesced -----------------------------------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class _Append:
+    notification: NewNotification
+    receipt: ReceiptRecord
+    wanted: tuple[str, ...]  # the groups that get a delivery, in order
+
+    def key(self) -> Hashable:
+        return self.notification.identity
 
 
 @dataclass(frozen=True)
@@ -522,28 +552,38 @@ class _Ack:
     token: str
     now: float
 
+    def key(self) -> Hashable:
+        return self.group, self.notification_id
 
-class _AckBatches:
-    """Group commit for acks: while one batch's statement runs, the acks that arrive wait and go
-    together in the next (at most `MAX_ACK_BATCH`, never one delivery twice in a batch). An ack
-    that finds nothing running goes at once, alone. Each caller gets its own status, or the
-    batch's error; a caller that stops waiting does not stop the batch (its ack may still land,
-    as a single statement cancelled in flight may)."""
 
-    def __init__(self, run: Callable[[Sequence[_Ack]], Awaitable[list[ActionStatus]]]) -> None:
+class _Batches(Generic[T, R]):
+    """Group commit for one verb: while one batch's statement runs, the calls that arrive wait and
+    go together in the next (at most `MAX_BATCH`, never two of one `key` in a batch: a statement
+    must not change one row twice). A call that finds nothing running goes at once, alone. Each
+    caller gets its own answer, or the batch's error; a caller that stops waiting does not stop
+    the batch (its change may still land, as a single statement cancelled in flight may)."""
+
+    def __init__(
+        self,
+        run: Callable[[Sequence[T]], Awaitable[list[R]]],
+        key: Callable[[T], Hashable],
+        name: str,
+    ) -> None:
         self._run = run
-        self._waiting: list[tuple[_Ack, asyncio.Future[ActionStatus]]] = []
+        self._key = key
+        self._name = name
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def ack(self, ack: _Ack) -> ActionStatus:
-        future: asyncio.Future[ActionStatus] = asyncio.get_running_loop().create_future()
-        self._waiting.append((ack, future))
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
         if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="paynotify-store-acks")
+            self._task = asyncio.create_task(self._drain(), name=f"paynotify-store-{self._name}")
         return await future
 
     async def drain(self) -> None:
-        """Wait for the acks taken so far (each statement is bounded by the statement timeout)."""
+        """Wait for the calls taken so far (each statement is bounded by the statement timeout)."""
         if self._task is not None:
             await asyncio.wait([self._task])
 
@@ -554,38 +594,40 @@ class _AckBatches:
         finally:
             self._task = None
 
-    async def _settle(self, batch: list[tuple[_Ack, asyncio.Future[ActionStatus]]]) -> None:
+    async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            statuses = await self._run([ack for ack, _ in batch])
+            answers = await self._run([item for item, _ in batch])
         except StoreUnavailable as exc:  # the database is away: every caller's error
             _fail(batch, exc)
-        except Exception as exc:  # a deadlock, or one ack the database refused
+        except Exception as exc:  # a deadlock, or one value the database refused
             if len(batch) == 1:
                 _fail(batch, exc)
                 return
-            for item in batch:  # alone, so only what fails again fails
-                await self._settle([item])
+            for one in batch:  # alone, so only what fails again fails
+                await self._settle([one])
         else:
-            for (_, future), status in zip(batch, statuses, strict=True):
+            for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():
-                    future.set_result(status)
+                    future.set_result(answer)
 
-    def _next_batch(self) -> list[tuple[_Ack, asyncio.Future[ActionStatus]]]:
-        batch: list[tuple[_Ack, asyncio.Future[ActionStatus]]] = []
-        later: list[tuple[_Ack, asyncio.Future[ActionStatus]]] = []
-        keys: set[tuple[str, int]] = set()
-        for item in self._waiting:
-            key = (item[0].group, item[0].notification_id)
-            if len(batch) < MAX_ACK_BATCH and key not in keys and not item[1].done():
+    def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        later: list[tuple[T, asyncio.Future[R]]] = []
+        keys: set[Hashable] = set()
+        for item, future in self._waiting:
+            if future.done():
+                continue  # its caller stopped waiting before it was sent
+            key = self._key(item)
+            if len(batch) < MAX_BATCH and key not in keys:
                 keys.add(key)
-                batch.append(item)
-            elif not item[1].done():
-                later.append(item)
+                batch.append((item, future))
+            else:
+                later.append((item, future))
         self._waiting = later
         return batch
 
 
-def _fail(batch: list[tuple[_Ack, asyncio.Future[ActionStatus]]], exc: Exception) -> None:
+def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: Exception) -> None:
     for _, future in batch:
         if not future.done():
             future.set_exception(exc)
@@ -735,21 +777,24 @@ def _lease_status(row: Sequence[Any], token: str) -> tuple[ActionStatus, int, st
     return ActionStatus.OK, attempts, member
 
 
-def _append_params(
-    notification: NewNotification, receipt: ReceiptRecord, groups: list[str]
-) -> dict[str, Any]:
+def _append_params(appends: Sequence[_Append]) -> dict[str, Any]:
+    """APPEND_MANY's columns, one array each, and the (ordinal, group) pairs of the deliveries."""
+    notifications = [a.notification for a in appends]
+    receipts = [a.receipt for a in appends]
+    wanted = [(index, group) for index, a in enumerate(appends, 1) for group in a.wanted]
     return {
-        "identity": notification.identity,
-        "notify_type": notification.notify_type,
-        "payment_request_id": notification.payment_request_id,
-        "payment_id": notification.payment_id,
-        "result_status": notification.result_status,
-        "payload": notification.payload,
-        "received_at": receipt.received_at,
-        "client_id": receipt.client_id,
-        "request_time": receipt.request_time,
-        "request_id": receipt.request_id,
-        "groups": groups,
+        "identities": [n.identity for n in notifications],
+        "notify_types": [n.notify_type for n in notifications],
+        "payment_request_ids": [n.payment_request_id for n in notifications],
+        "payment_ids": [n.payment_id for n in notifications],
+        "result_statuses": [n.result_status for n in notifications],
+        "payloads": [n.payload for n in notifications],
+        "received_ats": [r.received_at for r in receipts],
+        "client_ids": [r.client_id for r in receipts],
+        "request_times": [r.request_time for r in receipts],
+        "request_ids": [r.request_id for r in receipts],
+        "wanted_ords": [index for index, _ in wanted],
+        "wanted_groups": [group for _, group in wanted],
     }
 
 

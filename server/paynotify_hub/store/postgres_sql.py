@@ -26,7 +26,7 @@ from typing import Final
 
 __all__ = [
     "ACK_MANY",
-    "APPEND",
+    "APPEND_MANY",
     "APPLIED_VERSIONS",
     "CLAIM",
     "CREATE_MIGRATIONS_TABLE",
@@ -65,47 +65,66 @@ SELECT pg_notify(%(channel)s, '{"o": ' || to_json(%(origin)s::text)::text || ', 
         || string_agg(to_json(group_name)::text, ', ' ORDER BY group_name COLLATE "C") || ']}')
     FROM (SELECT group_name,
             (row_number() OVER (ORDER BY group_name COLLATE "C") - 1) / %(per_event)s AS chunk
-        FROM added) AS a
+        FROM (SELECT DISTINCT group_name FROM added) AS d) AS a
     GROUP BY chunk"""
 
+# Appends of several notifications at once (postgres.py's `_Batches`), no identity twice: `input`
+# holds one row per append, `wanted` the (ordinal, group) pairs of the deliveries each wants.
 # (xmax = 0) is true only for a freshly inserted row: the one hub that created it sees True.
-# The states come from the snapshot plus the deliveries added here. `visible` is false when the
-# notification was committed by another hub after the snapshot was taken (a concurrent append of
-# the same identity): its deliveries are then missing from the snapshot and the caller reads them
-# again.
-APPEND: Final = f"""
-WITH upserted AS (
+# Notifications are inserted in identity order, so two such statements wait for each other's
+# identities in one order. The states come from the snapshot plus the deliveries added here.
+# `visible` is false when the notification was committed by another hub after the snapshot was
+# taken (a concurrent append of the same identity): its deliveries are then missing from the
+# snapshot and the caller reads them again. One row per (append, group), or one with NULL group
+# for an append with no delivery; each starts with the append's ordinal (from 1).
+APPEND_MANY: Final = f"""
+WITH input AS MATERIALIZED (
+    SELECT * FROM unnest(%(identities)s::text[], %(notify_types)s::text[],
+        %(payment_request_ids)s::text[], %(payment_ids)s::text[], %(result_statuses)s::text[],
+        %(payloads)s::bytea[], %(received_ats)s::float8[], %(client_ids)s::text[],
+        %(request_times)s::text[], %(request_ids)s::text[]) WITH ORDINALITY
+        AS i(identity, notify_type, payment_request_id, payment_id, result_status, payload,
+            received_at, client_id, request_time, request_id, ord)
+), upserted AS (
     INSERT INTO notifications AS n (identity, notify_type, payment_request_id, payment_id,
         result_status, payload, send_count, first_received_at, last_received_at)
-    VALUES (%(identity)s, %(notify_type)s, %(payment_request_id)s, %(payment_id)s,
-        %(result_status)s, %(payload)s, 1, %(received_at)s, %(received_at)s)
+    SELECT identity, notify_type, payment_request_id, payment_id, result_status, payload, 1,
+        received_at, received_at
+    FROM input ORDER BY identity COLLATE "C"
     ON CONFLICT (identity) DO UPDATE
     SET send_count = n.send_count + 1,
         last_received_at = GREATEST(n.last_received_at, EXCLUDED.last_received_at)
-    RETURNING n.id, (n.xmax = 0) AS created, n.send_count, n.first_received_at
+    RETURNING n.id, (n.xmax = 0) AS created, n.send_count, n.first_received_at, n.identity
+), mine AS MATERIALIZED (
+    SELECT i.ord, u.id, u.created, u.send_count, u.first_received_at, i.notify_type,
+        i.received_at, i.client_id, i.request_time, i.request_id
+    FROM upserted AS u JOIN input AS i ON i.identity = u.identity
 ), received AS (
     INSERT INTO receipts (notification_id, received_at, client_id, request_time, request_id)
-    SELECT id, %(received_at)s, %(client_id)s, %(request_time)s, %(request_id)s FROM upserted
+    SELECT id, received_at, client_id, request_time, request_id FROM mine
 ), added AS (
     INSERT INTO deliveries (group_name, notification_id, notify_type, state, attempts,
         available_at)
-    SELECT g, u.id, %(notify_type)s, 'pending', 0, %(received_at)s
-    FROM upserted AS u, unnest(%(groups)s::text[]) AS g
+    SELECT w.group_name, m.id, m.notify_type, 'pending', 0, m.received_at
+    FROM unnest(%(wanted_ords)s::bigint[], %(wanted_groups)s::text[]) AS w(ord, group_name)
+    JOIN mine AS m ON m.ord = w.ord
     ON CONFLICT (group_name, notification_id) DO NOTHING
-    RETURNING group_name, state, attempts
+    RETURNING group_name, notification_id, state, attempts
 ), announced AS ({_GROUP_EVENTS_OF_ADDED}
+), seen AS (
+    SELECT id FROM notifications WHERE id = ANY(ARRAY(SELECT id FROM mine))
 )
-SELECT u.id, u.created, u.send_count, u.first_received_at,
-    EXISTS (SELECT FROM notifications WHERE id = (SELECT id FROM upserted)) AS visible,
+SELECT m.ord, m.id, m.created, m.send_count, m.first_received_at,
+    m.id = ANY(ARRAY(SELECT id FROM seen)) AS visible,
     (SELECT count(*) FROM announced) AS events,
     s.group_name, s.state, s.attempts
-FROM upserted AS u
+FROM mine AS m
 LEFT JOIN (
-    SELECT group_name, state, attempts FROM deliveries
-    WHERE notification_id = (SELECT id FROM upserted)
+    SELECT notification_id, group_name, state, attempts FROM deliveries
+    WHERE notification_id = ANY(ARRAY(SELECT id FROM mine))
     UNION ALL
-    SELECT group_name, state, attempts FROM added
-) AS s ON true"""
+    SELECT notification_id, group_name, state, attempts FROM added
+) AS s ON s.notification_id = m.id"""
 GROUP_STATES: Final = """
 SELECT group_name, state, attempts FROM deliveries WHERE notification_id = %(id)s"""
 _TYPE_FILTER: Final = "(cardinality(%(types)s::text[]) = 0 OR notify_type = ANY(%(types)s::text[]))"
