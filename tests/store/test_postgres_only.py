@@ -280,6 +280,29 @@ async def test_acks_that_arrive_together_share_statements_each_with_its_own_answ
     assert await wait_for(lambda: settled <= set(heard_by_b), 5)
 
 
+async def test_a_batch_a_deadlock_rolled_back_is_retried_one_by_one(
+    hubs: tuple[PostgresStore, PostgresStore], schema: str, dsn: str
+) -> None:
+    """Another transaction holds the second delivery and then asks for the first, which the batch
+    holds: PostgreSQL rolls the batch back (it waited first), and each ack goes again alone."""
+    a, _ = hubs
+    for n in range(2):
+        await a.append(notification(n), receipt(), GROUPS)
+    first, second = await a.claim("ledger", "m", 2, 30.0, frozenset(), T0 + 1)
+    lock = (
+        "SELECT 1 FROM deliveries WHERE group_name = 'ledger' AND notification_id = %s FOR UPDATE"
+    )
+    with psycopg.connect(schema_url(dsn, schema)) as other:
+        other.execute(lock, [second.notification_id])
+        acks = asyncio.gather(
+            *(a.ack("ledger", x.notification_id, x.token, T0 + 2) for x in (first, second))
+        )
+        await asyncio.sleep(0.3)  # the batch now holds the first and waits for the second
+        await asyncio.to_thread(other.execute, lock, [first.notification_id])
+        other.commit()
+        assert await asyncio.wait_for(acks, 10) == [ActionStatus.OK, ActionStatus.OK]
+
+
 async def test_an_ack_the_database_refuses_fails_alone(
     hubs: tuple[PostgresStore, PostgresStore],
 ) -> None:

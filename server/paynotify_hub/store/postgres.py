@@ -12,9 +12,11 @@ nacks, releases and expiries announce the groups that have work, acks and dead l
 settled notification. A hub ignores its own events. They only wake other hubs, which also poll.
 
 Driver errors are wrapped at this boundary: `psycopg.OperationalError` (refused, restarting, shut
-down, pool timeout) becomes `StoreUnavailable`, any other `psycopg.Error` becomes `StoreError`. The
-messages name the operation, the SQLSTATE and the server's primary message (or libpq's connection
-message, which names host, port and user): never a payload, a DETAIL line or the password.
+down, pool timeout) becomes `StoreUnavailable`, any other `psycopg.Error` becomes `StoreError`, and
+so does a transaction rolled back by a deadlock or serialization failure (the database is there).
+The messages name the operation, the SQLSTATE and the server's primary message (or libpq's
+connection message, which names host, port and user): never a payload, a DETAIL line or the
+password.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ CONNECTION_DEFAULTS: Final[Mapping[str, str | int]] = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
+# SQLSTATE class "transaction rollback" (40P01 deadlock, 40001 serialization failure).
+ROLLED_BACK_CLASS: Final = "40"
 # Notification ids are bigint identities, from 1.
 MAX_ID: Final = 2**63 - 1
 # Appends or acks that one statement takes at most (postgres_sql.APPEND_MANY, ACK_MANY).
@@ -680,6 +684,10 @@ def _wrapped_errors(operation: str) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
+        if (exc.sqlstate or "").startswith(ROLLED_BACK_CLASS):
+            # A deadlock or serialization failure rolled the statement back: the database is
+            # there, and the same work may succeed again (_Batches retries one by one).
+            raise StoreError(f"{operation} failed: {_describe(exc)}") from exc
         raise StoreUnavailable(f"{operation}: database unavailable: {_describe(exc)}") from exc
     except psycopg.Error as exc:
         raise StoreError(f"{operation} failed: {_describe(exc)}") from exc
