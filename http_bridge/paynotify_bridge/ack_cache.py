@@ -34,9 +34,11 @@ retries arrives (measured in `make bench`, the duplicate rows).
   generation lasts `ttl` seconds, so a key is remembered for at least `ttl` and at most `2 * ttl`
   seconds, unless traffic fills a generation sooner (at the defaults, above ~28 answers per second
   sustained): then a key lasts at least the time the next `capacity // 2` answers take. Each
-  generation is one byte array of 32-byte slots (key and fingerprint, at most half of the slots
-  used), allocated whole and zero-filled at its first entry: 64 bytes per entry of capacity,
-  6.4 MB at the default however full, no Python object per entry.
+  generation is one anonymous memory mapping of 32-byte slots (key and fingerprint, at most half
+  of the slots used), mapped at its first entry and unmapped when dropped: 64 bytes per entry of
+  capacity, 6.4 MB at the default however full, no Python object per entry. (A bytearray of
+  megabytes freed by one of waitress's threads could stay in that thread's malloc arena: the
+  bridge's RSS then grew by a generation at some rotations.)
 - Per process and lost on restart: several bridges behind a load balancer each remember what they
   answered; a miss costs a Publish, never a wrong answer.
 
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import mmap
 import threading
 import time
 from collections.abc import Callable
@@ -77,7 +80,7 @@ class _Table:
 
     def __init__(self, entries: int) -> None:
         self._slots = 2 * entries
-        self._data: bytearray | None = None  # allocated at the first put
+        self._data: mmap.mmap | None = None  # mapped at the first put
         self.count = 0
 
     def get(self, key: bytes) -> bytes | None:
@@ -90,7 +93,10 @@ class _Table:
         if key == _EMPTY:
             return  # a digest of all zeros (p = 2**-128) marks free slots: not remembered
         if self._data is None:
-            self._data = bytearray(self._slots * _SLOT)
+            # An anonymous mapping, not a bytearray: its pages are zero and become resident as
+            # they are first written, and it goes back to the system whole when the generation
+            # is dropped (a freed bytearray of megabytes may stay in a thread's malloc arena).
+            self._data = mmap.mmap(-1, self._slots * _SLOT)
         at, found = self._probe(self._data, key)
         if found:
             self._data[at + _DIGEST_BYTES : at + _SLOT] = fingerprint
@@ -98,7 +104,7 @@ class _Table:
             self._data[at : at + _SLOT] = key + fingerprint
             self.count += 1
 
-    def _probe(self, data: bytearray, key: bytes) -> tuple[int, bool]:
+    def _probe(self, data: mmap.mmap, key: bytes) -> tuple[int, bool]:
         """The offset of `key`'s slot and True, or of the free slot where it would go and False
         (there is one: the table is never more than half full)."""
         slot = hash(key) % self._slots

@@ -53,8 +53,8 @@ DEFAULT_THREADS: Final = 32
 DEFAULT_CONNECTION_LIMIT: Final = 512
 # Seconds an idle (keep-alive) connection stays open.
 DEFAULT_CHANNEL_TIMEOUT: Final = 30
-# 64 bytes per entry: a million is 64 MB (a generation zero-fills its half of it, under the
-# cache's lock, when it takes its first entry: ~15 ms here), more than any bridge needs.
+# 64 bytes per entry: a million is 64 MB (each generation maps its half when it takes its
+# first entry), more than any bridge needs.
 MAX_ACK_CACHE_SIZE: Final = 1_000_000
 # Below Alipay's first retry (2 minutes) the cache would never answer one; a day covers the
 # whole retry schedule (about 25 hours).
