@@ -95,6 +95,8 @@ _SIGNED_HEADERS: Final = (
 )
 # An id a load balancer hands us is kept when it is this tame; otherwise we make our own.
 _ACCEPTABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# A Content-Length `_RepeatShortcut` reads as a number; a longer one is the app's to refuse.
+_MAX_LENGTH_DIGITS: Final = 12
 # Where `_RepeatShortcut` leaves the (cache key, fingerprint) of a request it did not answer.
 _REPEAT_IDENTITY: Final = "paynotify.repeat_identity"
 # The reply the app gives for SUCCESS, header for header and in Falcon's order.
@@ -221,7 +223,7 @@ class _RepeatShortcut:
     for header (X-Request-Id included), counted in the same metrics.
 
     Only the plain case is looked at: POST to the notification path with a Content-Type that
-    passed `check_content_type` before, a Content-Length within the limit and the three signed
+    `check_content_type` accepts, a Content-Length within the limit and the three signed
     headers. Anything else, and every request not answered here, goes to the app unchanged (the
     body it read is handed on, with the cache key and fingerprint it computed).
     """
@@ -248,9 +250,9 @@ class _RepeatShortcut:
         if (
             env.get("PATH_INFO") != self._path
             or env.get("REQUEST_METHOD") != "POST"
-            or env.get("CONTENT_TYPE") not in _ACCEPTED_CONTENT_TYPES
-            or not length.isdigit()
+            or not (length.isascii() and length.isdigit() and len(length) <= _MAX_LENGTH_DIGITS)
             or not 0 < int(length) <= self._limit
+            or not _acceptable_content_type(env.get("CONTENT_TYPE"))
         ):
             return self._app(env, start_response)
         body = env["wsgi.input"].read(int(length))
@@ -274,6 +276,15 @@ class _RepeatShortcut:
             ],
         )
         return [SUCCESS_BODY]
+
+
+def _acceptable_content_type(value: str | None) -> bool:
+    """Whether `check_content_type` passes it (the app answers those that do not)."""
+    try:
+        check_content_type(value)
+    except UnsupportedMediaType:
+        return False
+    return True
 
 
 def _repeat_identity(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
@@ -13,21 +14,26 @@ from typing import Any
 
 import pytest
 
+from paynotify_bridge import app as app_module
 from paynotify_bridge.ack_cache import NO_FINGERPRINT, AckCache
-from paynotify_bridge.app import RequestVerifier
+from paynotify_bridge.app import RequestVerifier, create_app
+from paynotify_bridge.cli import build_verifier
 from paynotify_bridge.config import BridgeConfig, ConfigError
+from paynotify_bridge.publisher import HubPublisher
 from paynotify_bridge.signature import VerifiedRequest
 from tests.bridge.conftest import (
     CLIENT_ID,
     SOON,
     SUCCESS_BODY,
     BridgeFactory,
+    Keys,
+    bridge_config,
     sample_body,
     signed_headers,
     store_counts,
     subscribed,
 )
-from tests.hubkit import ThreadedHub, hub_process
+from tests.hubkit import ThreadedHub, free_port, hub_process
 
 SAMPLE = sample_body("payment_result_success")
 FP = b"f" * 16  # a request fingerprint, where the test does not look at it
@@ -377,16 +383,21 @@ class CountingVerifier:
         return self.real.verify(method, path, headers, body)
 
 
+def counting(watched: list[CountingVerifier]) -> Callable[[RequestVerifier], RequestVerifier]:
+    """A `wrap_verifier` for make_bridge: the wrapped verifier is appended to `watched`."""
+
+    def wrap(real: RequestVerifier) -> RequestVerifier:
+        watched.append(CountingVerifier(real))
+        return watched[-1]
+
+    return wrap
+
+
 def test_a_byte_identical_retry_never_reaches_the_verifier(
     make_bridge: BridgeFactory, hub: ThreadedHub
 ) -> None:
     watched: list[CountingVerifier] = []
-
-    def wrap(real: RequestVerifier) -> RequestVerifier:
-        watched.append(CountingVerifier(real))
-        return watched[0]
-
-    bridge = make_bridge(hub.address, wrap_verifier=wrap)
+    bridge = make_bridge(hub.address, wrap_verifier=counting(watched))
     verifier = watched[0]
     with subscribed(hub.address):
         assert bridge.notify(SAMPLE, request_time=FIRST_TIME).status == 200
@@ -427,6 +438,60 @@ def test_a_repeat_gets_the_same_reply_as_the_first_answer_header_for_header(
     assert (chunked.status, chunked.body) == (200, SUCCESS_BODY)
     assert bridge.metric("paynotify_bridge_requests_total", outcome="success") == 4
     assert bridge.metric("paynotify_bridge_ack_cache_hits_total") == 3
+
+
+def test_repeats_skip_verification_whatever_content_types_came_first(
+    make_bridge: BridgeFactory, hub: ThreadedHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app remembers at most 16 accepted Content-Type texts; other requests filling that
+    memory first must not send Alipay's repeats back to the verifier."""
+    monkeypatch.setattr(app_module, "_ACCEPTED_CONTENT_TYPES", set())
+    watched: list[CountingVerifier] = []
+    bridge = make_bridge(hub.address, wrap_verifier=counting(watched))
+    for n in range(20):  # unsigned, with accepted spellings nobody else sends: all 401
+        reply = bridge.notify(
+            SAMPLE, headers={"Content-Type": f"application/json; v={n}"}, client_id="NOPE"
+        )
+        assert reply.status == 401
+    with subscribed(hub.address):
+        assert bridge.notify(SAMPLE, request_time=FIRST_TIME).status == 200
+    calls = watched[0].calls
+    assert bridge.notify(SAMPLE, request_time=FIRST_TIME).status == 200
+    assert watched[0].calls == calls
+    assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 1
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1" * 5000, "-1", "0"])
+def test_a_content_length_waitress_would_refuse_still_gets_the_apps_answer(
+    alipay_keys: Keys, length: str
+) -> None:
+    """Behind another WSGI server: the app's 4xx, never an exception out of the shortcut."""
+    config = bridge_config(alipay_keys, [f"127.0.0.1:{free_port()}"])
+    publisher = HubPublisher(config.hubs, config.publish_timeout)
+    try:
+        app = create_app(config, build_verifier(config), publisher)
+        headers = signed_headers(alipay_keys, SAMPLE, path=config.path)
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": config.path,
+            "REQUEST_URI": config.path,
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(SAMPLE),
+            "wsgi.errors": io.StringIO(),
+            "CONTENT_TYPE": headers["Content-Type"],
+            "CONTENT_LENGTH": length,
+            **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()},
+        }
+        statuses: list[str] = []
+        b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+        assert statuses and statuses[0][:1] == "4", statuses
+    finally:
+        publisher.close()
 
 
 def test_without_verification_no_request_passes_for_a_verified_one(

@@ -6,11 +6,12 @@ The shared semantics are in test_contract.py; here two `PostgresStore`s stand fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -301,6 +302,79 @@ async def test_a_batch_a_deadlock_rolled_back_is_retried_one_by_one(
         await asyncio.to_thread(other.execute, lock, [first.notification_id])
         other.commit()
         assert await asyncio.wait_for(acks, 10) == [ActionStatus.OK, ActionStatus.OK]
+
+
+async def test_a_statement_waiting_for_a_lock_holds_up_its_batch_only(
+    dsn: str, schema: str
+) -> None:
+    """A row lock held elsewhere until the statement timeout: the batch's other appends land
+    (alone, after it), the one that waited fails, and appends meanwhile take another lane."""
+    url = schema_url(dsn, schema)
+    store = PostgresStore(url, statement_timeout=1.0)
+    await store.open()
+    try:
+        await store.append(notification(0), receipt(), GROUPS)
+        with psycopg.connect(url) as other:
+            other.execute(
+                "SELECT 1 FROM notifications WHERE identity = %s FOR UPDATE",
+                [notification(0).identity],
+            )
+            batch = asyncio.gather(
+                store.append(notification(0), receipt(), GROUPS),  # waits for the lock
+                *(store.append(notification(n), receipt(), GROUPS) for n in range(1, 6)),
+                return_exceptions=True,
+            )
+            await asyncio.sleep(0.1)
+            meanwhile = await store.append(notification(99), receipt(), GROUPS)
+            assert meanwhile.created and not batch.done()
+            waited, *others = await batch
+            other.rollback()
+        assert isinstance(waited, StoreError) and "57014" in str(waited)
+        assert [getattr(r, "created", r) for r in others] == [True] * 5
+    finally:
+        await store.close()
+
+
+async def test_a_caller_that_stopped_waiting_is_not_sent_again(
+    hubs: tuple[PostgresStore, PostgresStore], schema: str, dsn: str
+) -> None:
+    """Its batch waits for a lock, its caller leaves, then PostgreSQL refuses the batch: it goes
+    again one by one, but not with the append whose caller left."""
+    a, _ = hubs
+    known = notification(0)
+    await a.append(known, receipt(), GROUPS)
+    refused = NewNotification(
+        identity="~refused",  # after `known` in identity order: checked once the lock is free
+        notify_type="PAYMENT_RESULT",
+        payment_request_id="req-refused",
+        payment_id=cast(str, None),  # NOT NULL: refused by the server, not by the driver
+        result_status="SUCCESS",
+        payload=b"",
+    )
+
+    async def gives_up() -> str:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await a.append(known, receipt(), GROUPS)
+        return "gave up"
+
+    with psycopg.connect(schema_url(dsn, schema)) as other:
+        other.execute(
+            "SELECT 1 FROM notifications WHERE identity = %s FOR UPDATE", [known.identity]
+        )
+        both = asyncio.gather(
+            gives_up(), a.append(refused, receipt(), GROUPS), return_exceptions=True
+        )
+        await asyncio.sleep(0.6)
+        other.rollback()
+        left, failed = await both
+    assert left == "gave up" and isinstance(failed, StoreError)
+    await asyncio.sleep(0.3)
+    with psycopg.connect(schema_url(dsn, schema)) as conn:
+        sends = conn.execute(
+            "SELECT send_count FROM notifications WHERE identity = %s", [known.identity]
+        ).fetchone()
+    assert sends == (1,)
 
 
 async def test_an_ack_the_database_refuses_fails_alone(

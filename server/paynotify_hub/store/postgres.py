@@ -13,10 +13,10 @@ settled notification. A hub ignores its own events. They only wake other hubs, w
 
 Driver errors are wrapped at this boundary: `psycopg.OperationalError` (refused, restarting, shut
 down, pool timeout) becomes `StoreUnavailable`, any other `psycopg.Error` becomes `StoreError`, and
-so does a transaction rolled back by a deadlock or serialization failure (the database is there).
-The messages name the operation, the SQLSTATE and the server's primary message (or libpq's
-connection message, which names host, port and user): never a payload, a DETAIL line or the
-password.
+so does a statement rolled back by a deadlock, a serialization failure or its timeout (the database
+is there). The messages name the operation, the SQLSTATE and the server's primary message (or
+libpq's connection message, which names host, port and user): never a payload, a DETAIL line or
+the password.
 """
 
 from __future__ import annotations
@@ -90,12 +90,16 @@ CONNECTION_DEFAULTS: Final[Mapping[str, str | int]] = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
-# SQLSTATE class "transaction rollback" (40P01 deadlock, 40001 serialization failure).
+# SQLSTATE class "transaction rollback" (40P01 deadlock, 40001 serialization failure), and a
+# statement cancelled (its statement_timeout, or a cancel request).
 ROLLED_BACK_CLASS: Final = "40"
+QUERY_CANCELED: Final = "57014"
 # Notification ids are bigint identities, from 1.
 MAX_ID: Final = 2**63 - 1
-# Appends or acks that one statement takes at most (postgres_sql.APPEND_MANY, ACK_MANY).
+# Appends or acks that one statement takes at most (postgres_sql.APPEND_MANY, ACK_MANY), and how
+# many such statements of one verb run at once (of the pool's DEFAULT_MAX_SIZE connections).
 MAX_BATCH: Final = 256
+MAX_LANES: Final = 3
 # A lease token is 8 bytes from the CSPRNG as 16 hex digits (as SQLite's); CLAIM cuts them from
 # one string.
 TOKEN_BYTES: Final = 8
@@ -375,37 +379,41 @@ class PostgresStore:
         status, _, _ = _lease_status(row[:4], token)
         return status
 
-    async def _append_many(self, appends: Sequence[_Append]) -> list[AppendResult]:
+    async def _append_many(self, appends: Sequence[_Append]) -> list[AppendResult | StoreError]:
         """One statement (one transaction) for appends of distinct identities, in the given
-        order."""
+        order. What fails after it committed is that append's answer, not the batch's error."""
         params = {**_append_params(appends), **self._event_params()}
-        rows_of: dict[int, list[TupleRow]] = {}
-        results: list[AppendResult] = []
         async with self._statement("append") as conn:
-            for row in await _fetch_all(conn, q.APPEND_MANY, params):
-                rows_of.setdefault(row[0] - 1, []).append(row)  # WITH ORDINALITY counts from 1
-            for index, item in enumerate(appends):
-                rows = rows_of.get(index)
-                if not rows:
-                    raise StoreError("the database returned no row where one was due")
-                nid, created, send_count, first_received_at, visible, _ = rows[0][1:7]
-                states = _states_of(row[7:] for row in rows)
-                if not created and not (visible and states.keys() >= set(item.wanted)):
-                    # Another hub committed this identity (or a group of it) after the
-                    # statement's snapshot was taken: read the states again in a fresh one.
-                    states = await _group_states(conn, nid)
-                results.append(
-                    AppendResult(
-                        notification_id=nid,
-                        created=created,
-                        send_count=send_count,
-                        first_received_at=first_received_at,
-                        groups=states,
-                    )
-                )
+            rows = await _fetch_all(conn, q.APPEND_MANY, params)
+        rows_of: dict[int, list[TupleRow]] = {}
+        for row in rows:
+            rows_of.setdefault(row[0] - 1, []).append(row)  # WITH ORDINALITY counts from 1
+        results: list[AppendResult | StoreError] = []
+        for index, item in enumerate(appends):
+            try:
+                results.append(await self._appended(rows_of.get(index, []), item.wanted))
+            except StoreError as exc:
+                results.append(exc)
         return results
 
-    async def _ack_many(self, acks: Sequence[_Ack]) -> list[ActionStatus]:
+    async def _appended(self, rows: list[TupleRow], wanted: Sequence[str]) -> AppendResult:
+        if not rows:
+            raise StoreError("append: the database returned no row where one was due")
+        nid, created, send_count, first_received_at, visible, _ = rows[0][1:7]
+        states: Mapping[str, GroupDelivery] = _states_of(row[7:] for row in rows)
+        if not created and not (visible and states.keys() >= set(wanted)):
+            # Another hub committed this identity (or a group of it) after the statement's
+            # snapshot was taken: read the states again in a fresh one.
+            states = await self.group_states(nid)
+        return AppendResult(
+            notification_id=nid,
+            created=created,
+            send_count=send_count,
+            first_received_at=first_received_at,
+            groups=states,
+        )
+
+    async def _ack_many(self, acks: Sequence[_Ack]) -> list[ActionStatus | StoreError]:
         """One statement (one transaction) for acks of distinct deliveries, in the given order."""
         params = {
             "groups": [a.group for a in acks],
@@ -416,7 +424,7 @@ class PostgresStore:
             "events": _settled_payloads(self._origin, (a.notification_id for a in acks)),
             "channel": self._channel,
         }
-        statuses = [ActionStatus.UNKNOWN] * len(acks)
+        statuses: list[ActionStatus | StoreError] = [ActionStatus.UNKNOWN] * len(acks)
         async with self._statement("ack") as conn:
             rows = await _fetch_all(conn, q.ACK_MANY, params)
         for row in rows:
@@ -561,15 +569,21 @@ class _Ack:
 
 
 class _Batches(Generic[T, R]):
-    """Group commit for one verb: while one batch's statement runs, the calls that arrive wait and
-    go together in the next (at most `MAX_BATCH`, never two of one `key` in a batch: a statement
-    must not change one row twice). A call that finds nothing running goes at once, alone. Each
-    caller gets its own answer, or the batch's error; a caller that stops waiting does not stop
-    the batch (its change may still land, as a single statement cancelled in flight may)."""
+    """Group commit for one verb: up to `MAX_LANES` statements of it run at once; while they do,
+    the calls that arrive wait and go together in the next (at most `MAX_BATCH`, never two of one
+    `key` in a statement: it must not change one row twice). A call that finds a lane free goes at
+    once, alone. More than one lane: a statement waiting for a row lock (another hub, an
+    operator's replay) holds up its own batch, not every call of the verb.
+
+    Each caller gets its own answer, or its batch's error; `run` returns an exception in an
+    answer's place for what failed after the statement committed (never run again). A batch the
+    database refused (a deadlock, a cancelled statement, one value it cannot take) goes again one
+    call at a time, skipping callers that stopped waiting; a caller that stops waiting does not
+    stop the batch it is in (its change may still land, as a single statement's may)."""
 
     def __init__(
         self,
-        run: Callable[[Sequence[T]], Awaitable[list[R]]],
+        run: Callable[[Sequence[T]], Awaitable[list[R | StoreError]]],
         key: Callable[[T], Hashable],
         name: str,
     ) -> None:
@@ -577,41 +591,54 @@ class _Batches(Generic[T, R]):
         self._key = key
         self._name = name
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._lanes: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name=f"paynotify-store-{self._name}")
+        if len(self._lanes) < MAX_LANES:
+            self._lanes.add(
+                asyncio.create_task(self._drain(), name=f"paynotify-store-{self._name}")
+            )
         return await future
 
     async def drain(self) -> None:
         """Wait for the calls taken so far (each statement is bounded by the statement timeout)."""
-        if self._task is not None:
-            await asyncio.wait([self._task])
+        if self._lanes:
+            await asyncio.wait(set(self._lanes))
 
     async def _drain(self) -> None:
         try:
-            while self._waiting:
-                await self._settle(self._next_batch())
+            while batch := self._next_batch():
+                await self._settle(batch)
         finally:
-            self._task = None
+            # At once, not in a done callback: a call submitted from now on must see a free lane.
+            lane = asyncio.current_task()
+            if lane is not None:
+                self._lanes.discard(lane)
 
     async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
             answers = await self._run([item for item, _ in batch])
+        except asyncio.CancelledError:  # the loop is ending: no caller waits forever
+            _fail(batch, StoreError(f"{self._name}: the store is closing"))
+            raise
         except StoreUnavailable as exc:  # the database is away: every caller's error
             _fail(batch, exc)
-        except Exception as exc:  # a deadlock, or one value the database refused
+        except Exception as exc:  # refused: a deadlock, a cancelled statement, one bad value
             if len(batch) == 1:
                 _fail(batch, exc)
                 return
             for one in batch:  # alone, so only what fails again fails
-                await self._settle([one])
+                if not one[1].done():
+                    await self._settle([one])
         else:
             for (_, future), answer in zip(batch, answers, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(answer, StoreError):
+                    future.set_exception(answer)
+                else:
                     future.set_result(answer)
 
     def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:
@@ -684,9 +711,9 @@ def _wrapped_errors(operation: str) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
-        if (exc.sqlstate or "").startswith(ROLLED_BACK_CLASS):
-            # A deadlock or serialization failure rolled the statement back: the database is
-            # there, and the same work may succeed again (_Batches retries one by one).
+        if (exc.sqlstate or "").startswith(ROLLED_BACK_CLASS) or exc.sqlstate == QUERY_CANCELED:
+            # A deadlock, a serialization failure or the statement timeout rolled the statement
+            # back: the database is there, and the same work may succeed alone (_Batches).
             raise StoreError(f"{operation} failed: {_describe(exc)}") from exc
         raise StoreUnavailable(f"{operation}: database unavailable: {_describe(exc)}") from exc
     except psycopg.Error as exc:

@@ -174,7 +174,7 @@ FOR UPDATE"""
 # row) and change it only while it is leased under the token given. They answer LOCK_DELIVERY's row
 # (none: no such delivery) and the number of events queued.
 _HELD: Final = "t.state = 'leased' AND t.lease_token = %(token)s"
-# Acks of several deliveries at once (postgres.py's `_AckBatches`): `asked` holds one row per ack,
+# Acks of several deliveries at once (postgres.py's `_Batches`): `asked` holds one row per ack,
 # no delivery twice; the rows are locked in key order, so two such statements never deadlock.
 # Each row answered starts with the ack's ordinal (from 1).
 ACK_MANY: Final = f"""
