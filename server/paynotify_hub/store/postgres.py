@@ -394,6 +394,10 @@ class PostgresStore:
                 results.append(await self._appended(rows_of.get(index, []), item.wanted))
             except StoreError as exc:
                 results.append(exc)
+            except Exception as exc:  # anything else after the commit: still never run again
+                failed = StoreError(f"append: reading the result failed ({type(exc).__name__})")
+                failed.__cause__ = exc
+                results.append(failed)
         return results
 
     async def _appended(self, rows: list[TupleRow], wanted: Sequence[str]) -> AppendResult:
