@@ -25,6 +25,9 @@ __all__ = [
 DeliveryKey = tuple[int, str]
 
 _MAX_ID_DIGITS = 19
+# Both stores number notifications with signed 64-bit integers from 1: a bigger id names nothing
+# (and SQLite cannot even bind it).
+_MAX_ID = 2**63 - 1
 
 
 def format_delivery_id(notification_id: int, token: str) -> str:
@@ -38,7 +41,10 @@ def parse_delivery_id(delivery_id: str) -> DeliveryKey | None:
         return None
     if len(head) > _MAX_ID_DIGITS or len(token) > 128:
         return None
-    return int(head), token
+    notification_id = int(head)
+    if not 0 < notification_id <= _MAX_ID:
+        return None
+    return notification_id, token
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,7 @@ def test_bad_group_flag_is_a_usage_error() -> None:
 def test_delivery_ids_round_trip_and_malformed_ones_parse_to_none() -> None:
     assert parse_delivery_id(format_delivery_id(42, "ab12")) == (42, "ab12")
     assert parse_delivery_id("42.a.b") == (42, "a.b")
+    assert parse_delivery_id(f"{2**63 - 1}.t") == (2**63 - 1, "t")
     for bad in (
         "",
         "42",
@@ -172,6 +173,9 @@ def test_delivery_ids_round_trip_and_malformed_ones_parse_to_none() -> None:
         "-1.x",
         "\uff11\uff12.x",
         "9" * 30 + ".x",
+        "9664321968244322304.0",  # 19 digits, above 2**63 - 1: SQLite cannot bind it
+        f"{2**63}.x",
+        "0.x",
         "1." + "x" * 200,
     ):
         assert parse_delivery_id(bad) is None, bad
