@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "GROUP_NAME_PATTERN",
+    "MAX_NOTIFICATION_ID",
     "ActionStatus",
     "AppendResult",
     "DeadLetter",
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 GROUP_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# Both stores number notifications with signed 64-bit integers from 1: a bigger id names nothing
+# (SQLite cannot even bind it; PostgreSQL refuses it as bigint).
+MAX_NOTIFICATION_ID = 2**63 - 1
 
 
 class DeliveryState(enum.StrEnum):

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from paynotify_hub.domain import GroupSpec, Lease
+from paynotify_hub.domain import MAX_NOTIFICATION_ID, GroupSpec, Lease
 from paynotify_hub.errors import ShuttingDown
 
 __all__ = [
@@ -25,9 +25,6 @@ __all__ = [
 DeliveryKey = tuple[int, str]
 
 _MAX_ID_DIGITS = 19
-# Both stores number notifications with signed 64-bit integers from 1: a bigger id names nothing
-# (and SQLite cannot even bind it).
-_MAX_ID = 2**63 - 1
 
 
 def format_delivery_id(notification_id: int, token: str) -> str:
@@ -42,7 +39,7 @@ def parse_delivery_id(delivery_id: str) -> DeliveryKey | None:
     if len(head) > _MAX_ID_DIGITS or len(token) > 128:
         return None
     notification_id = int(head)
-    if not 0 < notification_id <= _MAX_ID:
+    if not 0 < notification_id <= MAX_NOTIFICATION_ID:
         return None
     return notification_id, token
 

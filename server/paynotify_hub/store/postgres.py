@@ -51,6 +51,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from paynotify_hub.domain import (
+    MAX_NOTIFICATION_ID,
     ActionStatus,
     AppendResult,
     DeadLetter,
@@ -94,8 +95,6 @@ CONNECTION_DEFAULTS: Final[Mapping[str, str | int]] = {
 # statement cancelled (its statement_timeout, or a cancel request).
 ROLLED_BACK_CLASS: Final = "40"
 QUERY_CANCELED: Final = "57014"
-# Notification ids are bigint identities, from 1.
-MAX_ID: Final = 2**63 - 1
 # Appends or acks that one statement takes at most (postgres_sql.APPEND_MANY, ACK_MANY), and how
 # many such statements of one verb run at once (of the pool's DEFAULT_MAX_SIZE connections).
 MAX_BATCH: Final = 256
@@ -228,7 +227,7 @@ class PostgresStore:
     async def ack(self, group: str, notification_id: int, token: str, now: float) -> ActionStatus:
         if self._pool is None:
             raise StoreError("ack: the store is not open")
-        if not 0 < notification_id <= MAX_ID:
+        if not 0 < notification_id <= MAX_NOTIFICATION_ID:
             return ActionStatus.UNKNOWN  # no such delivery, and not a value to fail a batch with
         return await self._acks.submit(_Ack(group, notification_id, token, now))
 

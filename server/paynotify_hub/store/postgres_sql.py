@@ -1,13 +1,13 @@
 """SQL text of the PostgreSQL store (postgres.py runs it; postgres_admin.py has the operator's).
 
 The hot verbs (append, claim, ack, reject, extend, group_states, next_due) are one statement each
-(acks that arrive together share one): on the pool's autocommit connections a single statement
-is its own transaction, so each costs one round trip instead of BEGIN, several statements and
-COMMIT. Their parts are data-modifying WITH
-queries; events are queued by `pg_notify` inside the statement, so they are still sent only on
-commit. All parts of a statement share one snapshot: a part never sees rows another part inserted
-(only their RETURNING), and rows committed by others after the statement began are seen only by
-the row locks and conflict checks, which wait for and read the newest version.
+(appends, and acks, that arrive together share one): on the pool's autocommit connections a
+single statement is its own transaction, so each costs one round trip instead of BEGIN, several
+statements and COMMIT. Their parts are data-modifying WITH queries; events are queued by
+`pg_notify` inside the statement, so they are still sent only on commit. All parts of a statement
+share one snapshot: a part never sees rows another part inserted (only their RETURNING), and rows
+committed by others after the statement began are seen only by the row locks and conflict checks,
+which wait for and read the newest version.
 
 Plans: psycopg prepares a statement after a few runs on a connection and PostgreSQL then keeps
 one generic plan for it, often made while the tables were near empty (a new hub, a new schema)
