@@ -13,8 +13,9 @@ from urllib.parse import quote
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,6 +41,7 @@ from paynotify_bridge.signature import (
     public_key_base64,
     sign,
     signed_content,
+    verify_rsa256,
 )
 from tests.bridge import GOLDEN_DIR, spec_samples
 
@@ -598,6 +600,125 @@ def test_generate_key_pair() -> None:
     body = b'{"notifyType":"PAYMENT_RESULT"}'
     header = sign(priv, "POST", PATH, CLIENT_ID, REQUEST_TIME, body)
     Verifier({"1": pub}, [CLIENT_ID]).verify("POST", PATH, headers(header), body)
+
+
+# -- verify_rsa256 accepts exactly what cryptography's verify accepts --------------------------
+# Encoded messages (EM, RFC 8017 9.2) built by hand and turned into signatures with the raw private
+# operation, so that malformed encodings (which no signer makes) are tried as well.
+
+_SHA256_PREFIX = bytes.fromhex("3031300d060960864801650304020105000420")
+_SHA256_PREFIX_NO_NULL = bytes.fromhex("302f300b0609608648016503040201" + "0420")
+_SHA1_PREFIX = bytes.fromhex("3021300906052b0e03021a05000414")
+_SHA512_PREFIX = bytes.fromhex("3051300d060960864801650304020305000440")
+CONTENT = b"POST /alipay/notify\nclient.time.{}"
+
+
+def _em(t: bytes, size: int = 256, block: bytes = b"\x00\x01", fill: int = 0xFF) -> bytes:
+    return block + bytes([fill]) * (size - len(t) - len(block) - 1) + b"\x00" + t
+
+
+def _raw_signature(em: bytes) -> bytes:
+    numbers = private_key().private_numbers()
+    n = numbers.public_numbers.n
+    return pow(int.from_bytes(em, "big"), numbers.d, n).to_bytes(256, "big")
+
+
+def _cryptography_accepts(signature: bytes, content: bytes) -> bool:
+    try:
+        public_key().verify(signature, content, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _verify_rsa256_accepts(signature: bytes, content: bytes) -> bool:
+    try:
+        verify_rsa256(public_key(), signature, content)
+    except BadSignature:
+        return False
+    return True
+
+
+_DIGEST = hashlib.sha256(CONTENT).digest()
+_ENCODINGS = {
+    "as signed": _em(_SHA256_PREFIX + _DIGEST),
+    "DigestInfo without NULL": _em(_SHA256_PREFIX_NO_NULL + _DIGEST),
+    "SHA-1 DigestInfo": _em(_SHA1_PREFIX + hashlib.sha1(CONTENT).digest()),
+    "SHA-512 DigestInfo": _em(_SHA512_PREFIX + hashlib.sha512(CONTENT).digest()),
+    "SHA-256 digest in a SHA-512 DigestInfo": _em(_SHA512_PREFIX + _DIGEST + bytes(32)),
+    "bare digest, no DigestInfo": _em(_DIGEST),
+    "block type 2": _em(_SHA256_PREFIX + _DIGEST, block=b"\x00\x02"),
+    "padding not 0xFF": _em(_SHA256_PREFIX + _DIGEST, fill=0xFE),
+    "leading byte not 0": _em(_SHA256_PREFIX + _DIGEST, block=b"\x01\x01"),
+    "garbage after the digest": _em(_SHA256_PREFIX + _DIGEST + b"\x00" * 40),
+    "garbage after the digest, short padding": (
+        b"\x00\x01"
+        + b"\xff" * 8
+        + b"\x00"
+        + _SHA256_PREFIX
+        + _DIGEST
+        + b"\x5a" * (256 - 11 - len(_SHA256_PREFIX) - 32)
+    ),
+    "no zero separator": b"\x00\x01" + b"\xff" * (256 - 2 - 51) + _SHA256_PREFIX + _DIGEST,
+    "the block type after leading zero bytes": (
+        b"\x00" * (256 - 3 - 7 - 51)
+        + b"\x00\x01"
+        + b"\xff" * 7
+        + b"\x00"
+        + _SHA256_PREFIX
+        + _DIGEST
+    )[-256:],
+    "digest of other content": _em(_SHA256_PREFIX + hashlib.sha256(CONTENT + b"!").digest()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ENCODINGS))
+def test_verify_rsa256_accepts_exactly_what_cryptography_verify_accepts(name: str) -> None:
+    em = _ENCODINGS[name]
+    assert len(em) == 256, name
+    if int.from_bytes(em, "big") >= private_key().private_numbers().public_numbers.n:
+        pytest.fail(f"{name}: the encoding is not below the modulus; build it differently")
+    signature = _raw_signature(em)
+    accepted = _verify_rsa256_accepts(signature, CONTENT)
+    assert accepted == _cryptography_accepts(signature, CONTENT)
+    assert accepted == (name == "as signed")
+
+
+def test_verify_rsa256_on_signatures_of_other_lengths_and_values() -> None:
+    good = _raw_signature(_ENCODINGS["as signed"])
+    n = private_key().private_numbers().public_numbers.n
+    for signature in (
+        good[1:],
+        good + b"\x00",
+        b"\x00" + good,
+        b"",
+        bytes(256),
+        n.to_bytes(256, "big"),
+        (n + int.from_bytes(good, "big")).to_bytes(257, "big"),
+        private_key().sign(CONTENT + b"!", padding.PKCS1v15(), hashes.SHA256()),
+        private_key().sign(CONTENT, padding.PKCS1v15(), hashes.SHA512()),
+        private_key().sign(
+            CONTENT, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256()
+        ),
+    ):
+        assert not _verify_rsa256_accepts(signature, CONTENT)
+        assert not _cryptography_accepts(signature, CONTENT)
+    assert _verify_rsa256_accepts(good, CONTENT)
+
+
+@settings(max_examples=200, deadline=None)
+@given(flip=st.integers(0, 256 * 8 - 1), content=st.binary(max_size=300))
+def test_verify_rsa256_agrees_with_cryptography_on_flipped_encodings(
+    flip: int, content: bytes
+) -> None:
+    em = bytearray(_em(_SHA256_PREFIX + hashlib.sha256(content).digest()))
+    em[flip // 8] ^= 1 << (flip % 8)
+    n = private_key().private_numbers().public_numbers.n
+    if int.from_bytes(em, "big") >= n:
+        return  # not a signature value at all (both refuse; covered above)
+    signature = _raw_signature(bytes(em))
+    assert _verify_rsa256_accepts(signature, content) == _cryptography_accepts(signature, content)
+    assert not _verify_rsa256_accepts(signature, content)
 
 
 # -- properties ------------------------------------------------------------------------------
