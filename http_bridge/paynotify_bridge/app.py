@@ -4,9 +4,9 @@
 
 Routes:
     POST <config.path>   Alipay's notification; SUCCESS only when the hub says acknowledged
-                         (or, for a retry of a body the hub said so of, from `ack_cache.py`;
-                         byte for byte a request verified before is not verified again, and
-                         is answered by `_RepeatShortcut` before Falcon sees it)
+                         (or, for a retry of a body the hub said so of, from `ack_cache.py`,
+                         answered by `_RepeatShortcut` before Falcon sees it; byte for byte a
+                         request verified before is not verified again)
     GET  /healthz        the process is alive
     GET  /readyz         a hub answers (503 otherwise)
     GET  /metrics        Prometheus text
@@ -97,8 +97,10 @@ _SIGNED_HEADERS: Final = (
 _ACCEPTABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # A Content-Length `_RepeatShortcut` reads as a number; a longer one is the app's to refuse.
 _MAX_LENGTH_DIGITS: Final = 12
-# Where `_RepeatShortcut` leaves the (cache key, fingerprint) of a request it did not answer.
+# Where `_RepeatShortcut` leaves the (cache key, fingerprint) of a request it did not answer,
+# and what verifying its signature gave: a VerifiedRequest, or the exception it raised.
 _REPEAT_IDENTITY: Final = "paynotify.repeat_identity"
+_VERIFICATION: Final = "paynotify.verification"
 # The reply the app gives for SUCCESS, header for header and in Falcon's order.
 _SUCCESS_STATUS: Final = "200 OK"
 _SUCCESS_LENGTH: Final = str(len(SUCCESS_BODY))
@@ -192,7 +194,7 @@ def create_app(
     app.add_error_handler(Exception, replies.unexpected)
     if ack_cache is None or config.insecure_skip_verification:
         return app
-    return _RepeatShortcut(app, config, ack_cache, publisher, metrics, request_ids)
+    return _RepeatShortcut(app, config, ack_cache, publisher, metrics, request_ids, verifier)
 
 
 class _RequestIdMiddleware:
@@ -217,15 +219,18 @@ def _request_id_of(env: Mapping[str, Any], request_ids: IdGenerator) -> str:
 
 
 class _RepeatShortcut:
-    """WSGI in front of the Falcon app for the cheapest reply the bridge gives: a request byte for
-    byte one verified and acknowledged before (`ack_cache.py`) is answered SUCCESS here, without
-    Falcon's request and response objects, routing and middleware. Its reply is the app's, header
-    for header (X-Request-Id included), counted in the same metrics.
+    """WSGI in front of the Falcon app for the cheapest replies the bridge gives: Alipay's retries
+    of a body the hub acknowledged (`ack_cache.py`), answered SUCCESS here without Falcon's
+    request and response objects, routing and middleware. A request byte for byte one verified
+    before is answered without verifying it again; any other is verified here, and answered when
+    its body is remembered (a retry signed anew). The reply is the app's, header for header
+    (X-Request-Id included), counted in the same metrics.
 
     Only the plain case is looked at: POST to the notification path with a Content-Type that
     `check_content_type` accepts, a Content-Length within the limit and the three signed
-    headers. Anything else, and every request not answered here, goes to the app unchanged (the
-    body it read is handed on, with the cache key and fingerprint it computed).
+    headers. Anything else goes to the app unchanged. A request looked at but not answered goes
+    to the app with the body it read, its cache key and fingerprint, and what verifying it gave
+    (the app raises a verification error only after its own checks of the body, as before).
     """
 
     def __init__(
@@ -236,8 +241,10 @@ class _RepeatShortcut:
         publisher: NotificationPublisher,
         metrics: BridgeMetrics,
         request_ids: IdGenerator,
+        verifier: RequestVerifier,
     ) -> None:
         self._app = app
+        self._verifier = verifier
         self._path = config.path
         self._limit = config.max_body_bytes
         self._cache = cache
@@ -257,16 +264,34 @@ class _RepeatShortcut:
             return self._app(env, start_response)
         body = env["wsgi.input"].read(int(length))
         env["wsgi.input"] = io.BytesIO(body)
-        identity = _repeat_identity(env, self._cache, signed_path(env), body)
+        path = signed_path(env)
+        identity = _repeat_identity(env, self._cache, path, body)
         if identity is None:
             return self._app(env, start_response)
-        if not self._cache.verified_before(*identity, self._publisher.hub_generation):
-            env[_REPEAT_IDENTITY] = identity
+        generation = self._publisher.hub_generation
+        if self._cache.verified_before(*identity, generation):
+            self._metrics.ack_cache_repeats.inc()
+            return self._answer(env, start_response, "the same request")
+        env[_REPEAT_IDENTITY] = identity
+        # Verified here, once: the app takes the outcome from the environ (`_verified`).
+        try:
+            verified = self._verifier.verify("POST", path, _signed_headers(env), body)
+        except Exception as exc:  # raised again by the app, after its own checks of the body
+            env[_VERIFICATION] = exc
             return self._app(env, start_response)
+        # identity[0] is cache.key(verified.client_id, body): the verifier read the same header.
+        if self._cache.contains(identity[0], generation):
+            return self._answer(env, start_response, "a body")  # a retry signed anew
+        env[_VERIFICATION] = verified
+        return self._app(env, start_response)
+
+    def _answer(
+        self, env: dict[str, Any], start_response: StartResponse, what: str
+    ) -> Iterable[bytes]:
+        """SUCCESS for a retry of an acknowledged body, as the app answers it."""
         request_id = _request_id_of(env, self._request_ids)
         self._metrics.count_success()
-        self._metrics.ack_cache_repeats.inc()
-        _count_cache_hit(self._metrics, request_id, "the same request")
+        _count_cache_hit(self._metrics, request_id, what)
         start_response(
             _SUCCESS_STATUS,
             [
@@ -346,7 +371,7 @@ class _NotifyResource:
             identity = req.env.get(_REPEAT_IDENTITY) or _repeat_identity(req.env, cache, path, body)
             if identity is not None:
                 fingerprint = identity[1]
-        verified = self._verify(path, headers, body)
+        verified = self._verified(req.env, path, headers, body)
         key = cache.key(verified.client_id, body)
         if cache.contains(key, generation):
             self._answer_success(resp)
@@ -390,6 +415,17 @@ class _NotifyResource:
         resp.content_type = JSON_TYPE
         resp.data = SUCCESS_BODY
         self._metrics.count_success()
+
+    def _verified(
+        self, env: Mapping[str, Any], path: str, headers: Mapping[str, str], body: bytes
+    ) -> VerifiedRequest:
+        """What `_RepeatShortcut` found verifying this request, else the verifier's answer."""
+        outcome = env.get(_VERIFICATION)
+        if isinstance(outcome, VerifiedRequest):
+            return outcome
+        if isinstance(outcome, Exception):
+            raise outcome
+        return self._verify(path, headers, body)
 
     def _verify(self, path: str, headers: Mapping[str, str], body: bytes) -> VerifiedRequest:
         if self._config.insecure_skip_verification:

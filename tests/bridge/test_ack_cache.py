@@ -461,6 +461,65 @@ def test_repeats_skip_verification_whatever_content_types_came_first(
     assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 1
 
 
+def test_a_retry_signed_anew_is_answered_before_falcon_like_the_first_answer(
+    make_bridge: BridgeFactory, hub: ThreadedHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry Alipay signed anew is verified and answered by app.py's _RepeatShortcut: the app's
+    resource never runs for it, and the reply does not show it."""
+    reached: list[str] = []
+    on_post = app_module._NotifyResource.on_post
+
+    def counted(self: Any, req: Any, resp: Any) -> None:
+        reached.append(req.path)
+        on_post(self, req, resp)
+
+    monkeypatch.setattr(app_module._NotifyResource, "on_post", counted)
+    watched: list[CountingVerifier] = []
+    bridge = make_bridge(hub.address, wrap_verifier=counting(watched))
+    with subscribed(hub.address):
+        first = bridge.notify(SAMPLE, request_time=FIRST_TIME, headers={"X-Request-Id": "lb-1"})
+    assert (first.status, first.body, len(reached), watched[0].calls) == (200, SUCCESS_BODY, 1, 1)
+    retry = bridge.notify(
+        SAMPLE, request_time="2026-12-02T10:02:00+08:00", headers={"X-Request-Id": "lb-2"}
+    )
+    assert (retry.status, retry.body) == (200, SUCCESS_BODY)
+    assert (len(reached), watched[0].calls) == (1, 2)  # verified once, and not by the app
+    assert sorted(retry.headers) == sorted(first.headers)
+    same = ("content-type", "content-length", "server")
+    assert {h: retry.headers[h] for h in same} == {h: first.headers[h] for h in same}
+    assert retry.headers["x-request-id"] == "lb-2"
+    assert bridge.metric("paynotify_bridge_ack_cache_hits_total") == 1
+    assert bridge.metric("paynotify_bridge_ack_cache_repeats_total") == 0
+    assert bridge.metric("paynotify_bridge_requests_total", outcome="success") == 2
+    assert store_counts(hub) == (1, 1)
+    # A forged retry of the same body reaches the app, which answers the verifier's error once.
+    forged = bridge.notify(
+        SAMPLE, headers={"Signature": "algorithm=RSA256,keyVersion=1,signature=AAAA"}
+    )
+    assert forged.status == 401 and (len(reached), watched[0].calls) == (2, 3)
+    assert bridge.metric("paynotify_bridge_signature_failures_total", reason="bad_signature") == 1
+
+
+def test_the_body_is_checked_before_the_signature_as_without_the_shortcut(
+    make_bridge: BridgeFactory, hub: ThreadedHub
+) -> None:
+    """The shortcut verifies before the app reads the body; the app still answers a bad body
+    before a bad signature, and verifies nothing twice."""
+    watched: list[CountingVerifier] = []
+    bridge = make_bridge(hub.address, wrap_verifier=counting(watched))
+    bad_signature = {"Signature": "algorithm=RSA256,keyVersion=1,signature=AAAA"}
+    blank = bridge.notify(b"   \n", headers=bad_signature)
+    assert blank.status == 400, blank.body
+    assert b"empty" in blank.body
+    assert bridge.metric("paynotify_bridge_signature_failures_total", reason="bad_signature") == 0
+    forged = bridge.notify(SAMPLE, headers=bad_signature)
+    assert forged.status == 401, forged.body
+    unknown = bridge.notify(SAMPLE, client_id="NOPE")
+    assert unknown.status == 401 and b"allowlist" in unknown.body
+    assert watched[0].calls == 3
+    assert store_counts(hub) == (0, 0)
+
+
 @pytest.mark.parametrize("length", ["\u00b2", "1" * 5000, "-1", "0"])
 def test_a_content_length_waitress_would_refuse_still_gets_the_apps_answer(
     alipay_keys: Keys, length: str
