@@ -230,10 +230,10 @@ def verify_rsa256(key: rsa.RSAPublicKey, signature: bytes, content: bytes) -> No
     """RSASSA-PKCS1-v1_5 with SHA-256 over `content`, or BadSignature: the same acceptance as
     ``key.verify(signature, content, PKCS1v15(), SHA256())``, in a way that keeps the GIL.
 
-    cryptography's ``verify`` lets other threads run during the RSA operation (~30 µs). In the
-    bridge, 32 threads want the GIL, so the verifying thread then waits for it until the switch
-    interval forces a hand-over: on a 2-core box, a signed request cost ~250 µs more CPU, and
-    half of the signed-duplicate throughput (docs/benchmark.md). ``recover_data_from_signature``
+    cryptography's ``verify`` lets other threads run during the RSA operation (~20 µs). In the
+    bridge, 32 threads want the GIL, so the verifying thread then has to win it back: a hand-off
+    per signed request (docs/benchmark.md has the A/B runs; `python -m bench.gilprobe` shows
+    which calls give the GIL up). ``recover_data_from_signature``
     with a hash holds the GIL: OpenSSL's PKCS#1 v1.5 verification (the same function as
     ``verify``) checks the padding and that the encoded DigestInfo is exactly SHA-256's, and
     returns the digest in it; it must then equal SHA-256 of `content` (compared in constant
