@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
+import random
 import re
 import time
 import traceback
@@ -134,9 +134,15 @@ class NotificationPublisher(Protocol):
         ...
 
 
+# Request ids correlate log lines; they are not secrets. A generator seeded from os.urandom at
+# start gives 128 random bits without a system call per request (os.urandom gives the GIL up
+# during its getrandom call, `python -m bench.gilprobe`).
+_REQUEST_ID_BITS: Final = random.Random()
+
+
 def new_request_id() -> str:
-    """32 random hex digits (os.urandom: as random as uuid4, without building a UUID)."""
-    return os.urandom(16).hex()
+    """32 random hex digits (as unique as uuid4, without building a UUID or a system call)."""
+    return f"{_REQUEST_ID_BITS.getrandbits(128):032x}"
 
 
 class UnverifiedRequests:
@@ -273,17 +279,37 @@ class _RepeatShortcut:
             self._metrics.ack_cache_repeats.inc()
             return self._answer(env, start_response, "the same request")
         env[_REPEAT_IDENTITY] = identity
+        if not body.strip():
+            return self._app(env, start_response)  # refused as empty, before any signature check
         # Verified here, once: the app takes the outcome from the environ (`_verified`).
         try:
             verified = self._verifier.verify("POST", path, _signed_headers(env), body)
         except Exception as exc:  # raised again by the app, after its own checks of the body
-            env[_VERIFICATION] = exc
-            return self._app(env, start_response)
-        # identity[0] is cache.key(verified.client_id, body): the verifier read the same header.
-        if self._cache.contains(identity[0], generation):
+            return self._app_with(env, start_response, exc)
+        try:
+            # identity[0] is cache.key(verified.client_id, body): the verifier read that header.
+            remembered = self._cache.contains(identity[0], generation)
+        except Exception:  # the app looks again, inside Falcon: its 503, counted and logged
+            remembered = False
+        if remembered:
             return self._answer(env, start_response, "a body")  # a retry signed anew
-        env[_VERIFICATION] = verified
-        return self._app(env, start_response)
+        return self._app_with(env, start_response, verified)
+
+    def _app_with(
+        self,
+        env: dict[str, Any],
+        start_response: StartResponse,
+        verification: VerifiedRequest | Exception,
+    ) -> Iterable[bytes]:
+        """The app, with what verifying the request gave; the environ forgets it afterwards
+        (an exception kept in it would hold its traceback's frames, this one's `env` included:
+        a reference cycle per rejected request)."""
+        env[_VERIFICATION] = verification
+        del verification  # nor may this frame (the app's frames' caller) hold it
+        try:
+            return self._app(env, start_response)
+        finally:
+            env.pop(_VERIFICATION, None)
 
     def _answer(
         self, env: dict[str, Any], start_response: StartResponse, what: str
@@ -424,7 +450,10 @@ class _NotifyResource:
         if isinstance(outcome, VerifiedRequest):
             return outcome
         if isinstance(outcome, Exception):
-            raise outcome
+            try:
+                raise outcome
+            finally:
+                del outcome  # this frame, in the traceback, must not hold the exception
         return self._verify(path, headers, body)
 
     def _verify(self, path: str, headers: Mapping[str, str], body: bytes) -> VerifiedRequest:

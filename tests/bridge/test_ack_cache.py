@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import threading
@@ -516,8 +517,98 @@ def test_the_body_is_checked_before_the_signature_as_without_the_shortcut(
     assert forged.status == 401, forged.body
     unknown = bridge.notify(SAMPLE, client_id="NOPE")
     assert unknown.status == 401 and b"allowlist" in unknown.body
-    assert watched[0].calls == 3
+    assert watched[0].calls == 2  # the blank body was refused before any RSA work
     assert store_counts(hub) == (0, 0)
+
+
+class FailingVerifier:
+    """A verifier with a bug: it raises something no verifier should."""
+
+    def verify(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> VerifiedRequest:
+        raise RuntimeError("verifier bug")
+
+
+def test_a_verifier_failing_in_the_shortcut_gets_the_apps_503(
+    make_bridge: BridgeFactory, hub: ThreadedHub
+) -> None:
+    bridge = make_bridge(hub.address, wrap_verifier=lambda real: FailingVerifier())
+    reply = bridge.notify(SAMPLE)
+    assert reply.status == 503 and reply.result["resultStatus"] == "U", reply.body
+    assert reply.headers.get("x-request-id")
+    assert bridge.metric("paynotify_bridge_requests_total", outcome="error") == 1
+    assert bridge.metric("paynotify_bridge_requests_total", outcome="success") == 0
+    assert store_counts(hub) == (0, 0)
+
+
+def test_a_cache_failing_in_the_shortcut_gets_the_apps_503(
+    make_bridge: BridgeFactory, hub: ThreadedHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = make_bridge(hub.address)
+    with subscribed(hub.address):
+        assert bridge.notify(SAMPLE, request_time=FIRST_TIME).status == 200
+
+    def broken(self: AckCache, key: bytes, generation: int) -> bool:
+        raise RuntimeError("cache bug")
+
+    monkeypatch.setattr(AckCache, "contains", broken)
+    retry = bridge.notify(SAMPLE, request_time="2026-12-02T10:02:00+08:00")
+    assert retry.status == 503 and retry.result["resultStatus"] == "U", retry.body
+    assert retry.headers.get("x-request-id")
+    assert bridge.metric("paynotify_bridge_requests_total", outcome="error") == 1
+    assert bridge.metric("paynotify_bridge_ack_cache_hits_total") == 0
+
+
+def test_rejected_requests_leave_no_reference_cycles(alipay_keys: Keys) -> None:
+    """What verifying gave is kept in the environ only while the app runs: an exception kept
+    there would hold its traceback's frames and so the environ and the body, for the cyclic
+    collector to find, once per forged request."""
+    config = bridge_config(alipay_keys, [f"127.0.0.1:{free_port()}"])
+    publisher = HubPublisher(config.hubs, config.publish_timeout)
+    try:
+        app = create_app(config, build_verifier(config), publisher)
+        forged = {"Signature": "algorithm=RSA256,keyVersion=1,signature=AAAA"}
+        headers = {**signed_headers(alipay_keys, SAMPLE, path=config.path), **forged}
+        statuses: list[str] = []
+
+        def call() -> None:
+            environ = _environ(config, headers, str(len(SAMPLE)))
+            b"".join(app(environ, lambda status, hdrs, exc_info=None: statuses.append(status)))
+
+        call()  # warm: Falcon's and the metrics' first-use objects
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                call()
+            found = gc.collect()
+        finally:
+            gc.enable()
+        assert statuses and all(status.startswith("401") for status in statuses), statuses
+        assert found == 0, f"{found} objects in reference cycles after 20 forged requests"
+    finally:
+        publisher.close()
+
+
+def _environ(config: BridgeConfig, headers: Mapping[str, str], length: str) -> dict[str, Any]:
+    """The WSGI environ of a POST of SAMPLE to the notify path, for the app called in-process."""
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": config.path,
+        "REQUEST_URI": config.path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(SAMPLE),
+        "wsgi.errors": io.StringIO(),
+        "CONTENT_TYPE": headers["Content-Type"],
+        "CONTENT_LENGTH": length,
+        **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()},
+    }
 
 
 @pytest.mark.parametrize("length", ["\u00b2", "1" * 5000, "-1", "0"])
@@ -530,22 +621,7 @@ def test_a_content_length_waitress_would_refuse_still_gets_the_apps_answer(
     try:
         app = create_app(config, build_verifier(config), publisher)
         headers = signed_headers(alipay_keys, SAMPLE, path=config.path)
-        environ = {
-            "REQUEST_METHOD": "POST",
-            "PATH_INFO": config.path,
-            "REQUEST_URI": config.path,
-            "SCRIPT_NAME": "",
-            "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(SAMPLE),
-            "wsgi.errors": io.StringIO(),
-            "CONTENT_TYPE": headers["Content-Type"],
-            "CONTENT_LENGTH": length,
-            **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()},
-        }
+        environ = _environ(config, headers, length)
         statuses: list[str] = []
         b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
         assert statuses and statuses[0][:1] == "4", statuses

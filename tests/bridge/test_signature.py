@@ -617,10 +617,10 @@ def _em(t: bytes, size: int = 256, block: bytes = b"\x00\x01", fill: int = 0xFF)
     return block + bytes([fill]) * (size - len(t) - len(block) - 1) + b"\x00" + t
 
 
-def _raw_signature(em: bytes) -> bytes:
-    numbers = private_key().private_numbers()
+def _raw_signature(em: bytes, key: rsa.RSAPrivateKey | None = None) -> bytes:
+    numbers = (key or private_key()).private_numbers()
     n = numbers.public_numbers.n
-    return pow(int.from_bytes(em, "big"), numbers.d, n).to_bytes(256, "big")
+    return pow(int.from_bytes(em, "big"), numbers.d, n).to_bytes(len(em), "big")
 
 
 def _cryptography_accepts(signature: bytes, content: bytes) -> bool:
@@ -704,6 +704,40 @@ def test_verify_rsa256_on_signatures_of_other_lengths_and_values() -> None:
         assert not _verify_rsa256_accepts(signature, CONTENT)
         assert not _cryptography_accepts(signature, CONTENT)
     assert _verify_rsa256_accepts(good, CONTENT)
+
+
+@cache
+def large_key(bits: int) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+@pytest.mark.parametrize("bits", [3072, 4096])
+def test_verify_rsa256_agrees_with_cryptography_on_larger_keys(bits: int) -> None:
+    key = large_key(bits)
+    size = bits // 8
+    encodings = {
+        "as signed": _em(_SHA256_PREFIX + _DIGEST, size),
+        "DigestInfo without NULL": _em(_SHA256_PREFIX_NO_NULL + _DIGEST, size),
+        "garbage after the digest": _em(_SHA256_PREFIX + _DIGEST + bytes(40), size),
+        "SHA-512 DigestInfo": _em(_SHA512_PREFIX + hashlib.sha512(CONTENT).digest(), size),
+        "digest of other content": _em(
+            _SHA256_PREFIX + hashlib.sha256(CONTENT + b"!").digest(), size
+        ),
+    }
+    for name, em in encodings.items():
+        signature = _raw_signature(em, key)
+        try:
+            key.public_key().verify(signature, CONTENT, padding.PKCS1v15(), hashes.SHA256())
+            cryptography_accepts = True
+        except InvalidSignature:
+            cryptography_accepts = False
+        try:
+            verify_rsa256(key.public_key(), signature, CONTENT)
+            accepted = True
+        except BadSignature:
+            accepted = False
+        assert accepted == cryptography_accepts == (name == "as signed"), name
+    assert not _verify_rsa256_accepts(_raw_signature(encodings["as signed"], key), CONTENT)
 
 
 @settings(max_examples=200, deadline=None)
