@@ -233,11 +233,10 @@ def verify_rsa256(key: rsa.RSAPublicKey, signature: bytes, content: bytes) -> No
     cryptography's ``verify`` lets other threads run during the RSA operation (~20 µs). In the
     bridge, 32 threads want the GIL, so the verifying thread then has to win it back: a hand-off
     per signed request (docs/benchmark.md has the A/B runs; `python -m bench.gilprobe` shows
-    which calls give the GIL up). ``recover_data_from_signature``
-    with a hash holds the GIL: OpenSSL's PKCS#1 v1.5 verification (the same function as
-    ``verify``) checks the padding and that the encoded DigestInfo is exactly SHA-256's, and
-    returns the digest in it; it must then equal SHA-256 of `content` (compared in constant
-    time, though nothing here is secret).
+    which calls give the GIL up). ``recover_data_from_signature`` with a hash holds the GIL:
+    OpenSSL's PKCS#1 v1.5 verification (the same function as ``verify``) checks the padding and
+    that the encoded DigestInfo is exactly SHA-256's, and returns the digest in it; it must then
+    equal SHA-256 of `content` (compared in constant time, though nothing here is secret).
     """
     try:
         signed_digest = key.recover_data_from_signature(signature, _PADDING, _HASH)
