@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.measure import Point
 
-__all__ = ["TARGETS", "MemorySample", "Results", "Target", "render"]
+__all__ = ["TARGETS", "MemorySample", "Results", "Target", "render", "repeat_name"]
 
 # Someone else using this much CPU during a point makes it suspect (2 shared cores).
 OTHER_LOAD_WARN_CORES = 0.25
@@ -18,6 +19,11 @@ LATE_SENDS_WARN = 0.01
 DRIFT_WARN = 0.20
 MEMORY_FLAT_RATIO = 0.10
 MEMORY_FLAT_MIN_KIB = 10 * 1024
+
+
+def repeat_name(name: str, index: int) -> str:
+    """The name of the `index`-th measurement (from 0) of a point measured again (`--repeat`)."""
+    return name if index == 0 else f"{name} #{index + 1}"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,16 @@ class Results:
 
     def get(self, name: str) -> Point | None:
         return self.points.get(name)
+
+    def repeats(self, name: str) -> list[Point]:
+        """`name`, then its measurements again under `--repeat` (#2, #3, ...), those present."""
+        found = []
+        for index in range(len(self.points)):
+            point = self.points.get(repeat_name(name, index))
+            if point is None:
+                break
+            found.append(point)
+        return found
 
     def note(self, text: str) -> None:
         print(f"note: {text}", flush=True)
@@ -136,6 +152,14 @@ def _verdict(results: Results, target: Target) -> dict[str, Any]:
         value = point.ok_rps / base.ok_rps if base.ok_rps else 0.0
         ok = value >= target.bound
     caveats = _caveats(point) + (_caveats(base) if base else [])
+    ratios = _repeated_ratios(results, target) if target.kind == "ratio" else []
+    if len(ratios) > 1:
+        value = statistics.median(ratios)
+        ok = value >= target.bound
+        row["repeats"] = [round(r, 4) for r in ratios]
+        for again in results.repeats(target.point)[1:]:
+            paired = results.get(results.pairs.get(again.name, ""))
+            caveats += _caveats(again) + (_caveats(paired) if paired else [])
     if base and first and base is not first and first.ok_rps:
         drift = base.ok_rps / first.ok_rps - 1
         if abs(drift) > DRIFT_WARN:
@@ -147,6 +171,17 @@ def _verdict(results: Results, target: Target) -> dict[str, Any]:
         "verdict": "PASS" if ok else "MISS",
         "caveats": caveats,
     }
+
+
+def _repeated_ratios(results: Results, target: Target) -> list[float]:
+    """The ratio of each measurement of the target's point (`--repeat`) to the baseline measured
+    right after it; only measurements with such a neighbour count."""
+    ratios = []
+    for point in results.repeats(target.point):
+        base = results.get(results.pairs.get(point.name, ""))
+        if base is not None and base.ok_rps:
+            ratios.append(point.ok_rps / base.ok_rps)
+    return ratios
 
 
 def _memory_verdicts(results: Results) -> list[dict[str, Any]]:
@@ -235,6 +270,9 @@ def _target_cells(verdict: dict[str, Any] | None) -> list[str]:
         return [verdict.get("baseline") or "", "", verdict["bound"], verdict["verdict"]]
     shown = f"{value:.1%}" if verdict["bound"].startswith("≥") else f"{value:.1f} ms"
     text = verdict["verdict"] + ("".join(f"; {c}" for c in verdict.get("caveats", [])))
+    if verdict.get("repeats"):
+        each = ", ".join(f"{r:.1%}" for r in verdict["repeats"])
+        text += f"; median of {len(verdict['repeats'])}: {each}"
     return [verdict.get("baseline") or "p99", shown, verdict["bound"], text]
 
 
@@ -242,13 +280,13 @@ def render(results: Results) -> str:
     verdicts = {v["point"]: v for v in results.verdicts() if v["point"] != "memory"}
     rows: list[list[str]] = []
     for name, label in ROWS:
-        point = results.get(name)
-        if point is None:
-            continue
-        rows.append(_point_cells(label, point) + _target_cells(verdicts.get(name)))
-        paired = results.get(results.pairs.get(name, ""))
-        if paired is not None:
-            rows.append(_point_cells(f"  {paired.label}, next to it", paired) + [""] * 4)
+        for index, point in enumerate(results.repeats(name)):
+            shown = label if index == 0 else f"{label} #{index + 1}"
+            verdict = verdicts.get(name) if index == 0 else None
+            rows.append(_point_cells(shown, point) + _target_cells(verdict))
+            paired = results.get(results.pairs.get(point.name, ""))
+            if paired is not None:
+                rows.append(_point_cells(f"  {paired.label}, next to it", paired) + [""] * 4)
     for v in results.verdicts():
         if v["point"] == "memory":
             rows.append(_memory_cells(v))

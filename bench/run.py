@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from bench.bodies import Corpus, ensure_corpus
 from bench.measure import Point, measure
 from bench.pipeline import Pipeline, PipelineOptions, bare_server, postgres_schema
 from bench.procs import CpuSnapshot, Proc, ProcessGroup, StartError, rss_kib
-from bench.report import MemorySample, Results, render
+from bench.report import MemorySample, Results, render, repeat_name
 from bench.wrk import Load, WrkError, require_wrk, run_wrk
 
 __all__ = ["Settings", "main"]
@@ -66,6 +67,7 @@ class Settings:
     wait_quiet: float
     nice: int
     options: PipelineOptions
+    repeat: int = 1
 
 
 def parse_args(argv: list[str] | None) -> Settings:
@@ -170,8 +172,17 @@ def parse_args(argv: list[str] | None) -> Settings:
         default=0,
         help="run every benchmark process under `nice -n N` (e.g. -5 on a machine others use)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure the pipeline and duplicate points N times, each with its bare point right "
+        "after it; their verdicts use the median ratio (default 1)",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and stores")
     a = p.parse_args(argv)
+    if a.repeat < 1:
+        p.error("--repeat must be at least 1")
     q = a.quick
     memory_count = a.memory_count or (10_000 if q else 200_000)
     low, high = (int(x) for x in a.connections.split(","))
@@ -199,6 +210,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         quick=q,
         nice=a.nice,
         wait_quiet=a.wait_quiet if a.wait_quiet is not None else (3.0 if q else 60.0),
+        repeat=a.repeat,
         options=PipelineOptions(
             log_level=a.log_level,
             sub_max_in_flight=a.sub_max_in_flight,
@@ -355,9 +367,11 @@ def run_main_pipeline(run: Run) -> None:
         dup_start = p.cursor.take(s.duplicates) if "duplicate" in want else 0
         run.warm(p.url, p, s.low)
         for c in (s.low, s.high):
-            run.paired_bare(run.point(p, f"pipeline@{c}", "pipeline", "pipeline", c))
+            for i in range(s.repeat):
+                name = repeat_name(f"pipeline@{c}", i)
+                run.paired_bare(run.point(p, name, "pipeline", "pipeline", c))
         if "paced" in want:
-            rate = run.results.points[f"pipeline@{s.low}"].ok_rps / 2
+            rate = statistics.median(q.ok_rps for q in run.results.repeats(f"pipeline@{s.low}")) / 2
             run.point(p, f"paced@{s.low}", "paced", "paced", s.low, rate=max(rate, 1.0))
         if "duplicate" in want:
             run_duplicates(run, p, dup_start)
@@ -375,21 +389,20 @@ def run_duplicates(run: Run, p: Pipeline, start: int) -> None:
             f"duplicate row: {prime.errors} first sends were not SUCCESS ({prime.error_text()})"
         )
     load = run.load(s.low, start, n)
-    run.wait_quiet(p.members())
-    point = measure(
-        f"duplicate@{s.low}", "duplicates", "duplicate", p.url, run.corpus, load, p.members()
-    )
-    point.extra.update(store="sqlite", groups=1, distinct_notifications=n, resent="byte for byte")
-    run.paired_bare(run._show(point))
     # The same bodies sent again 2 minutes later and signed anew: each is verified, then answered
     # from the cache (whether Alipay's retries are re-signed is not documented).
     resigned = ensure_corpus(s.cache, start + n, resend=1)
-    run.wait_quiet(p.members())
-    point = measure(
-        f"duplicate-resigned@{s.low}", "duplicates", "duplicate", p.url, resigned, load, p.members()
-    )
-    point.extra.update(store="sqlite", groups=1, distinct_notifications=n, resent="signed anew")
-    run.paired_bare(run._show(point))
+    for name, corpus, resent in (
+        (f"duplicate@{s.low}", run.corpus, "byte for byte"),
+        (f"duplicate-resigned@{s.low}", resigned, "signed anew"),
+    ):
+        for i in range(s.repeat):
+            run.wait_quiet(p.members())
+            point = measure(
+                repeat_name(name, i), "duplicates", "duplicate", p.url, corpus, load, p.members()
+            )
+            point.extra.update(store="sqlite", groups=1, distinct_notifications=n, resent=resent)
+            run.paired_bare(run._show(point))
     # The same retries through a bridge without the acknowledged-body cache: what the hub costs.
     bridge, base = p.start_bridge_process(f"bridge-{p.label}-nocache", ("--ack-cache-size", "0"))
     try:

@@ -4,7 +4,7 @@ and a baseline that moved during the run is flagged (pure code: no processes).""
 from __future__ import annotations
 
 from bench.measure import Point
-from bench.report import Results, render
+from bench.report import Results, render, repeat_name
 from bench.wrk import WrkResult
 
 
@@ -74,3 +74,34 @@ def test_a_missing_point_is_not_run() -> None:
     results = Results({})
     results.add(point("bare@16", 1000, "bare", "bare limit"))
     assert verdict(results, "fanout16@16")["verdict"] == "NOT RUN"
+
+
+def test_repeated_points_are_judged_by_the_median_of_their_ratios() -> None:
+    """--repeat 3: each measurement against the bare point right after it; the verdict takes the
+    median ratio, and the table shows every measurement with its neighbour."""
+    results = Results({})
+    results.add(point("bare@16", 1000, "bare", "bare limit"))
+    for index, (rps, bare) in enumerate([(700, 1000), (900, 1000), (850, 1000)]):
+        name = repeat_name("duplicate@16", index)
+        results.add(point(name, rps, "duplicate", "duplicates"))
+        results.add(point(f"bare@16 after {name}", bare, "bare", "bare limit"))
+        results.pairs[name] = f"bare@16 after {name}"
+    assert [p.name for p in results.repeats("duplicate@16")] == [
+        "duplicate@16", "duplicate@16 #2", "duplicate@16 #3"
+    ]  # fmt: skip
+    v = verdict(results, "duplicate@16")
+    assert v["repeats"] == [0.7, 0.9, 0.85]
+    assert (v["value"], v["verdict"]) == (0.85, "PASS")  # the first alone (70%) would miss
+    table = render(results)
+    assert "duplicates, byte for byte #3" in table
+    assert table.count("bare limit, next to it") == 3
+    assert "median of 3: 70.0%, 90.0%, 85.0%" in table
+
+
+def test_a_single_measurement_has_no_repeats() -> None:
+    results = Results({})
+    results.add(point("pipeline@16", 600))
+    results.add(point("bare@16 after pipeline@16", 1000, "bare", "bare limit"))
+    results.pairs["pipeline@16"] = "bare@16 after pipeline@16"
+    v = verdict(results, "pipeline@16")
+    assert "repeats" not in v and v["value"] == 0.6
