@@ -37,7 +37,7 @@ from paynotify_bridge.signature import (
     verify_rsa256,
 )
 
-__all__ = ["main", "releases_gil"]
+__all__ = ["gil_catches", "main"]
 
 INTERVAL = 0.1
 CALLS = 40
@@ -47,7 +47,7 @@ CALLS = 40
 CAUGHT_AT_LEAST = 1
 
 
-def releases_gil(call: Callable[[], object], calls: int = CALLS) -> tuple[int, float]:
+def gil_catches(call: Callable[[], object], calls: int = CALLS) -> tuple[int, float]:
     """(in how many of `calls` calls the spinning thread got the GIL, seconds per call).
 
     The spinner counts while it holds the GIL. A call that holds the GIL throughout leaves the
@@ -118,7 +118,7 @@ def main() -> int:
     print(f"switch interval {INTERVAL} s, a spinning thread beside each call, {CALLS} calls each")
     released_any = False
     for name, call in calls.items():
-        caught, per_call = releases_gil(call)
+        caught, per_call = gil_catches(call)
         released = caught >= CAUGHT_AT_LEAST
         released_any |= released and "comparison" not in name
         verdict = f"RELEASES the GIL ({caught} of {CALLS} calls)" if released else "holds the GIL"

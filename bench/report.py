@@ -78,6 +78,10 @@ class Results:
     def get(self, name: str) -> Point | None:
         return self.points.get(name)
 
+    def neighbour(self, name: str) -> Point | None:
+        """The baseline measured right after point `name`, if one was."""
+        return self.points.get(self.pairs.get(name, ""))
+
     def repeats(self, name: str) -> list[Point]:
         """`name`, then its measurements again under `--repeat` (#2, #3, ...), those present."""
         found = []
@@ -158,7 +162,7 @@ def _verdict(results: Results, target: Target) -> dict[str, Any]:
         ok = value >= target.bound
         row["repeats"] = [round(r, 4) for r in ratios]
         for again in results.repeats(target.point)[1:]:
-            paired = results.get(results.pairs.get(again.name, ""))
+            paired = results.neighbour(again.name)
             caveats += _caveats(again) + (_caveats(paired) if paired else [])
     if base and first and base is not first and first.ok_rps:
         drift = base.ok_rps / first.ok_rps - 1
@@ -178,7 +182,7 @@ def _repeated_ratios(results: Results, target: Target) -> list[float]:
     right after it; only measurements with such a neighbour count."""
     ratios = []
     for point in results.repeats(target.point):
-        base = results.get(results.pairs.get(point.name, ""))
+        base = results.neighbour(point.name)
         if base is not None and base.ok_rps:
             ratios.append(point.ok_rps / base.ok_rps)
     return ratios
@@ -284,7 +288,7 @@ def render(results: Results) -> str:
             shown = label if index == 0 else f"{label} #{index + 1}"
             verdict = verdicts.get(name) if index == 0 else None
             rows.append(_point_cells(shown, point) + _target_cells(verdict))
-            paired = results.get(results.pairs.get(point.name, ""))
+            paired = results.neighbour(point.name)
             if paired is not None:
                 rows.append(_point_cells(f"  {paired.label}, next to it", paired) + [""] * 4)
     for v in results.verdicts():

@@ -391,6 +391,7 @@ class _NotifyResource:
             return
         generation = self._publisher.hub_generation
         fingerprint = NO_FINGERPRINT
+        identity = None
         if not self._config.insecure_skip_verification:
             # A byte-for-byte repeat of a request verified before was answered by
             # `_RepeatShortcut`; its fingerprint is remembered with the body once acknowledged.
@@ -398,7 +399,8 @@ class _NotifyResource:
             if identity is not None:
                 fingerprint = identity[1]
         verified = self._verified(req.env, path, headers, body)
-        key = cache.key(verified.client_id, body)
+        # The identity's key is cache.key of the Client-Id header the verifier read: the same.
+        key = identity[0] if identity is not None else cache.key(verified.client_id, body)
         if cache.contains(key, generation):
             self._answer_success(resp)
             _count_cache_hit(self._metrics, req.context.request_id, "a body")

@@ -623,17 +623,21 @@ def _raw_signature(em: bytes, key: rsa.RSAPrivateKey | None = None) -> bytes:
     return pow(int.from_bytes(em, "big"), numbers.d, n).to_bytes(len(em), "big")
 
 
-def _cryptography_accepts(signature: bytes, content: bytes) -> bool:
+def _cryptography_accepts(
+    signature: bytes, content: bytes, key: rsa.RSAPublicKey | None = None
+) -> bool:
     try:
-        public_key().verify(signature, content, padding.PKCS1v15(), hashes.SHA256())
+        (key or public_key()).verify(signature, content, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
         return False
     return True
 
 
-def _verify_rsa256_accepts(signature: bytes, content: bytes) -> bool:
+def _verify_rsa256_accepts(
+    signature: bytes, content: bytes, key: rsa.RSAPublicKey | None = None
+) -> bool:
     try:
-        verify_rsa256(public_key(), signature, content)
+        verify_rsa256(key or public_key(), signature, content)
     except BadSignature:
         return False
     return True
@@ -726,17 +730,9 @@ def test_verify_rsa256_agrees_with_cryptography_on_larger_keys(bits: int) -> Non
     }
     for name, em in encodings.items():
         signature = _raw_signature(em, key)
-        try:
-            key.public_key().verify(signature, CONTENT, padding.PKCS1v15(), hashes.SHA256())
-            cryptography_accepts = True
-        except InvalidSignature:
-            cryptography_accepts = False
-        try:
-            verify_rsa256(key.public_key(), signature, CONTENT)
-            accepted = True
-        except BadSignature:
-            accepted = False
-        assert accepted == cryptography_accepts == (name == "as signed"), name
+        accepted = _verify_rsa256_accepts(signature, CONTENT, key.public_key())
+        assert accepted == _cryptography_accepts(signature, CONTENT, key.public_key())
+        assert accepted == (name == "as signed"), name
     assert not _verify_rsa256_accepts(_raw_signature(encodings["as signed"], key), CONTENT)
 
 
