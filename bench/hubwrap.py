@@ -21,13 +21,15 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import FrameType
 from typing import Any
 
 __all__ = ["MARKER", "main"]
 
 MARKER = "STORECOUNTS "
+# Store verbs that are plain methods returning an awaitable (queued when called).
+QUEUED_VERBS = frozenset({"claim"})
 _calls: Counter[str] = Counter()
 _seconds: defaultdict[str, float] = defaultdict(float)
 _lock = threading.Lock()
@@ -47,11 +49,36 @@ def _counted(name: str, method: Callable[..., Coroutine[Any, Any, Any]]) -> Call
     return wrapper
 
 
+def _counted_queued(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """A verb that queues its work when called (SQLiteStore.claim): called at once, as before,
+    and timed until its outcome is awaited."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Awaitable[Any]:
+        started = time.perf_counter()
+        queued = method(*args, **kwargs)
+
+        async def outcome() -> Any:
+            try:
+                return await queued
+            finally:
+                with _lock:
+                    _calls[name] += 1
+                    _seconds[name] += time.perf_counter() - started
+
+        return outcome()
+
+    return wrapper
+
+
 def _instrument(cls: type) -> None:
     for name, member in list(vars(cls).items()):
-        if name.startswith("_") or not inspect.iscoroutinefunction(member):
+        if name.startswith("_") or not callable(member):
             continue
-        setattr(cls, name, _counted(name, member))
+        if inspect.iscoroutinefunction(member):
+            setattr(cls, name, _counted(name, member))
+        elif name in QUEUED_VERBS:
+            setattr(cls, name, _counted_queued(name, member))
 
 
 def _time_sqlite_batches() -> None:

@@ -83,7 +83,13 @@ class Broker:
         self._dispatcher = Dispatcher(store, config, self.metrics, clock)
         self._housekeeper = Housekeeper(store, config, self.metrics, clock, self.wake_groups)
         self._publisher = Publisher(
-            store, config, self.metrics, self._settles, self._wakeups, lambda: self._ended
+            store,
+            config,
+            self.metrics,
+            self._settles,
+            self._wakeups,
+            lambda: self._ended,
+            self._kick_groups,
         )
         self._actions = Actions(store, config, self.metrics, clock, self._settles, self._wakeups)
 
@@ -276,6 +282,11 @@ class Broker:
 
     def wake_groups(self, groups: Iterable[str]) -> None:
         self._wakeups.wake(groups)
+
+    def _kick_groups(self, groups: Iterable[str]) -> None:
+        """New work for `groups` is queued in the store: idle members claim right behind it."""
+        for member in self._wakeups.of(groups):
+            self._dispatcher.kick(member)
 
     def _on_store_event(self, event: StoreEvent) -> None:
         """Called by the store, maybe from another thread: hop onto the loop."""

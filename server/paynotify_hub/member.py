@@ -6,7 +6,7 @@ Pure asyncio; the gRPC servicer reads `next_batch()` and the broker's dispatch l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from paynotify_hub.domain import MAX_NOTIFICATION_ID, GroupSpec, Lease
@@ -82,6 +82,11 @@ class Member:
         self.maybe_delayed = True
         # When the earliest pending delivery falls due, as the store last said (None: none).
         self.due_at: float | None = None
+        # Whether the dispatch loop is waiting for news (no claim of its own under way), and a
+        # claim submitted for it meanwhile with the slots it may fill (see `Dispatcher.kick`).
+        self.idle = False
+        self.kicked: tuple[int, Awaitable[list[Lease]]] | None = None
+        self._news_since_kick = False
 
     @property
     def group(self) -> str:
@@ -132,10 +137,25 @@ class Member:
         notification, a free slot), nothing that waits for a backoff."""
         if not due_now:
             self.maybe_delayed = True
+        if self.kicked is not None:
+            self._news_since_kick = True
         self._news.set()
 
-    def clear_news(self) -> None:
-        self._news.clear()
+    def kick(self, slots: int, claim: Awaitable[list[Lease]]) -> None:
+        """`claim` (for up to `slots`) was submitted for the dispatch loop: it sees everything
+        queued before it. Wakes the loop; news from now on is news the claim may not see."""
+        self.kicked = (slots, claim)
+        self._news_since_kick = False
+        self._news.set()
+
+    def begin_step(self) -> tuple[int, Awaitable[list[Lease]]] | None:
+        """The dispatch loop starts a step: forget the news its claim will see (a claim
+        submitted now sees all of it; a kicked claim all but what came since the kick), and
+        take the kicked claim, if any."""
+        kicked, self.kicked = self.kicked, None
+        if kicked is None or not self._news_since_kick:
+            self._news.clear()
+        return kicked
 
     async def wait_for_news(self, seconds: float) -> None:
         """Until `wake()` or `seconds`, whichever first."""

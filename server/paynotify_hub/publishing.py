@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from paynotify_hub.config import HubConfig
@@ -57,6 +57,10 @@ class Publisher:
     wakeups: GroupWakeups
     # True once the hub ended its streams: a publish still waiting then raises ShuttingDown.
     ended: Callable[[], bool]
+    # Called with the groups of an append the store has queued (see `Store.append`'s
+    # `on_queued`): their idle members claim right behind it, in the same transaction if the
+    # store takes both together, and are woken.
+    kick: Callable[[Iterable[str]], None] = lambda groups: None
 
     async def publish(
         self, notification: NewNotification, receipt: ReceiptRecord, max_wait: float
@@ -68,9 +72,16 @@ class Publisher:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, max_wait)
+        kicked = False
+
+        def queued() -> None:
+            nonlocal kicked
+            kicked = True
+            self.kick(g.name for g in self.config.groups if g.wants(notification.notify_type))
+
         appended = await store_call(
             "append",
-            self.store.append(notification, receipt, self.config.groups),
+            self.store.append(notification, receipt, self.config.groups, on_queued=queued),
             max(max_wait, self.config.store_timeout),
             self.metrics,
         )
@@ -81,7 +92,8 @@ class Publisher:
                 outcome = PublishOutcome.ALREADY_ACKNOWLEDGED
             return self._result(outcome, nid, appended.send_count, states)
         with self.settles.watch(nid) as watch:
-            self.wakeups.wake(states, due_now=True)
+            if not kicked:  # woken already, and claiming behind the append
+                self.wakeups.wake(states, due_now=True)
             states = await self._wait(nid, notification.notify_type, states, watch, deadline)
         outcome = PublishOutcome.PENDING
         if self._settled(states, notification.notify_type):

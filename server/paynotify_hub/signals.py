@@ -87,9 +87,13 @@ class GroupWakeups:
 
     def wake(self, groups: Iterable[str], *, due_now: bool = False) -> None:
         """Wake the members of `groups` (`due_now`: see `Member.wake`)."""
+        for member in self.of(groups):
+            member.wake(due_now=due_now)
+
+    def of(self, groups: Iterable[str]) -> Iterator[Member]:
+        """The members of `groups` connected now."""
         for group in groups:
-            for member in self._members.get(group, ()):
-                member.wake(due_now=due_now)
+            yield from self._members.get(group, ())
 
     def members(self) -> list[Member]:
         return [m for members in self._members.values() for m in members]

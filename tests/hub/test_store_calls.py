@@ -68,6 +68,31 @@ async def test_one_notification_costs_an_append_a_claim_and_an_ack(tmp_path: Pat
         assert calls["next_due"] == 0, calls
 
 
+async def test_a_repeat_of_an_acknowledged_notification_asks_the_store_no_more(
+    tmp_path: Path,
+) -> None:
+    """Alipay's retry of what is acked: the append, and at most the idle member's claim kicked
+    behind it, which finds nothing and does not make the loop ask when work falls due."""
+    async with (
+        running_hub(tmp_path, poll_interval=5.0) as hub,
+        raw_subscriber(hub.address) as sub,
+    ):
+        notification = make_notification("D1")
+        pending = asyncio.create_task(publish_async(hub.address, notification))
+        (delivery,) = await sub.receive(1)
+        await sub.ack(delivery.delivery_id)
+        async with asyncio.timeout(BOUND):
+            assert (await pending).outcome == hub_pb2.PUBLISH_OUTCOME_ACKNOWLEDGED
+        await asyncio.sleep(0.2)  # the loop is idle again
+        with counted(hub.store) as calls:
+            for _ in range(3):
+                response = await publish_async(hub.address, notification)
+                assert response.outcome == hub_pb2.PUBLISH_OUTCOME_ALREADY_ACKNOWLEDGED
+            await asyncio.sleep(0.2)
+        assert calls["append"] == 3 and calls["claim"] <= 3, calls
+        assert calls["next_due"] == 0 and calls["group_states"] == 0, calls
+
+
 async def test_a_nack_with_a_delay_is_redelivered_when_due(tmp_path: Path) -> None:
     """The other side of skipping next_due: after a nack the loop asks again and wakes in time."""
     async with running_hub(tmp_path, poll_interval=5.0) as hub, raw_subscriber(hub.address) as sub:

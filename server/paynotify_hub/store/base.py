@@ -14,7 +14,7 @@ History: claim, ack, nack, reject, release, expire_leases, replay and replay_sin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,19 +64,29 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def append(
-        self, notification: NewNotification, receipt: ReceiptRecord, groups: Sequence[GroupSpec]
+        self,
+        notification: NewNotification,
+        receipt: ReceiptRecord,
+        groups: Sequence[GroupSpec],
+        *,
+        on_queued: Callable[[], None] | None = None,
     ) -> AppendResult:
         """Store a notification once per identity and record the receipt.
 
         New identity: one pending delivery per group that wants its notifyType. Known identity: only
         the receipt is added and the send count grows; deliveries are untouched (an acked group is
         never redelivered), except that a group declared since gets its pending delivery.
+
+        `on_queued`: a store that runs verbs one at a time in the order they are called (SQLite's
+        worker) calls it once the append is queued and before it runs. A `claim` called from it
+        runs after the append, sees its rows and may share its transaction (one commit for both).
+        A store without that order (PostgreSQL) never calls it.
         """
 
     async def group_states(self, notification_id: int) -> Mapping[str, GroupDelivery]:
         """State of each group's delivery of one notification."""
 
-    async def claim(
+    def claim(
         self,
         group: str,
         member: str,
@@ -84,12 +94,14 @@ class Store(Protocol):
         lease_seconds: float,
         notify_types: frozenset[str],
         now: float,
-    ) -> list[Lease]:
+    ) -> Awaitable[list[Lease]]:
         """Lease up to `limit` pending deliveries of `group` due by `now`, oldest first.
 
         Each lease increments the delivery's attempt and is held by `member` until
-        `now + lease_seconds`. Two members never hold the same delivery at once.
+        `now + lease_seconds`. Two members never hold the same delivery at once. A store that
+        runs verbs in call order queues the claim when called, not when awaited (see `append`).
         """
+        ...
 
     async def ack(
         self, group: str, notification_id: int, token: str, now: float

@@ -189,7 +189,12 @@ class PostgresStore:
             await pool.close()
 
     async def append(
-        self, notification: NewNotification, receipt: ReceiptRecord, groups: Sequence[GroupSpec]
+        self,
+        notification: NewNotification,
+        receipt: ReceiptRecord,
+        groups: Sequence[GroupSpec],
+        *,
+        on_queued: Callable[[], None] | None = None,  # never called: the pool runs verbs at once
     ) -> AppendResult:
         if self._pool is None:
             raise StoreError("append: the store is not open")

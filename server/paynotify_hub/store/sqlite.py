@@ -294,16 +294,24 @@ class SQLiteStore:
             await worker.stop()
 
     async def append(
-        self, notification: NewNotification, receipt: ReceiptRecord, groups: Sequence[GroupSpec]
+        self,
+        notification: NewNotification,
+        receipt: ReceiptRecord,
+        groups: Sequence[GroupSpec],
+        *,
+        on_queued: Callable[[], None] | None = None,
     ) -> AppendResult:
-        return await self._run("append", lambda c: _append(c, notification, receipt, groups))
+        appended = self._queue("append", lambda c: _append(c, notification, receipt, groups))
+        if on_queued is not None and not appended.done():
+            on_queued()
+        return await appended
 
     async def group_states(self, notification_id: int) -> Mapping[str, GroupDelivery]:
         return await self._run(
             "group_states", lambda c: _group_states(c, notification_id), write=False
         )
 
-    async def claim(
+    def claim(
         self,
         group: str,
         member: str,
@@ -311,12 +319,15 @@ class SQLiteStore:
         lease_seconds: float,
         notify_types: frozenset[str],
         now: float,
-    ) -> list[Lease]:
+    ) -> asyncio.Future[list[Lease]]:
+        """Queued now, not when awaited: a claim called right after an append runs after it."""
         if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
-            return []
+            done: asyncio.Future[list[Lease]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
         query = {"group": group, "now": now, "types": _types_json(notify_types), "limit": limit}
         expires = now + lease_seconds
-        return await self._run(
+        return self._queue(
             "claim", lambda c: _claim(c, query, member, expires, now, self._new_token)
         )
 
@@ -467,9 +478,17 @@ class SQLiteStore:
     async def _run(
         self, op: str, body: Callable[[sqlite3.Connection], T], *, write: bool = True
     ) -> T:
+        return await self._queue(op, body, write=write)
+
+    def _queue(
+        self, op: str, body: Callable[[sqlite3.Connection], T], *, write: bool = True
+    ) -> asyncio.Future[T]:
+        """Queue `body` for the worker now; the future holds its outcome once committed."""
         if self._worker is None:
-            raise StoreError(f"sqlite store: {op} failed: the store is not open")
-        return cast(T, await self._worker.submit(op, body, write))
+            closed: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            closed.set_exception(StoreError(f"sqlite store: {op} failed: the store is not open"))
+            return closed
+        return cast("asyncio.Future[T]", self._worker.queue(op, body, write))
 
 
 @dataclass(eq=False)
@@ -501,9 +520,15 @@ class _Worker:
     async def submit(
         self, op: str, body: Callable[[sqlite3.Connection], Any], write: bool, final: bool = False
     ) -> Any:
+        return await self.queue(op, body, write, final)
+
+    def queue(
+        self, op: str, body: Callable[[sqlite3.Connection], Any], write: bool, final: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue a job behind every job queued before it; its future settles after its batch."""
         job = _Job(op, body, write, asyncio.get_running_loop().create_future(), final)
         self._jobs.put(job)
-        return await job.future
+        return job.future
 
     async def stop(self) -> None:
         """Let the verbs already queued finish, then close the connection."""

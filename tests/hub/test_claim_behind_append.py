@@ -1,0 +1,126 @@
+"""An append kicks the claims of idle members right behind it (SQLite: one commit for both).
+
+The broker on a real SQLite store and an injected clock; the worker's commit counter tells
+whether a claim shared the append's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from paynotify_hub.broker import Broker
+from paynotify_hub.config import HubConfig
+from paynotify_hub.convert import new_notification
+from paynotify_hub.domain import DeliveryState, GroupSpec, ReceiptRecord, RetryPolicy
+from paynotify_hub.member import format_delivery_id
+from paynotify_hub.publishing import PublishOutcome
+from paynotify_hub.store.sqlite import SQLiteStore
+from tests.hubkit import make_notification
+
+NOW = 1_700_000_000.0
+BOUND = 10.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "hub.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def broker(store: SQLiteStore) -> AsyncIterator[Broker]:
+    config = HubConfig(
+        groups=(GroupSpec("billing"), GroupSpec("shipping")),
+        retry=RetryPolicy(min_backoff=0.0, max_backoff=0.0, max_attempts=5),
+        poll_interval=30.0,  # only kicks and wake-ups move the dispatch loops
+        lease_check_interval=3600,
+        hub_id="unit",
+    )
+    b = Broker(config, store, clock=lambda: NOW)
+    await b.start()
+    yield b
+    await b.shutdown(drain=0)
+    await b.close()
+
+
+def commits(store: SQLiteStore) -> int:
+    assert store._worker is not None
+    return store._worker.commits
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Let the loop run until `check()` (the dispatch loops reach their wait), bounded."""
+    async with asyncio.timeout(BOUND):
+        for _ in iter(check, True):
+            await asyncio.sleep(0.001)
+
+
+async def publish(broker: Broker, payment_id: str) -> int:
+    """Publish without waiting for acks; the notification id."""
+    notification = new_notification(make_notification(payment_id))
+    result = await broker.publish(notification, ReceiptRecord(received_at=NOW), 0)
+    assert result.outcome is PublishOutcome.PENDING
+    return result.notification_id
+
+
+async def test_an_idle_members_claim_commits_with_the_append(
+    broker: Broker, store: SQLiteStore
+) -> None:
+    billing = await broker.open_member("billing", "b")
+    shipping = await broker.open_member("shipping", "s")
+    for i in range(5):
+        await until(lambda: billing.idle and shipping.idle)
+        before = commits(store)
+        nid = await publish(broker, f"K{i}")
+        # The append returned: both claims ran in its transaction, no commit of their own.
+        assert commits(store) - before == 1
+        for member in (billing, shipping):
+            [lease] = await member.next_batch()
+            assert lease.notification_id == nid and lease.attempt == 1
+            await broker.ack(member, format_delivery_id(nid, lease.token))
+
+
+async def test_a_burst_of_kicks_keeps_flow_control_and_loses_no_wake_up(
+    broker: Broker, store: SQLiteStore
+) -> None:
+    # The first append kicks a claim that sees only itself; the other five wake the loop after
+    # the kick, and that news must survive the step that takes the kicked claim.
+    member = await broker.open_member("billing", "b", max_in_flight=2)
+    await until(lambda: member.idle)
+    await asyncio.gather(*(publish(broker, f"F{i}") for i in range(6)))
+    seen: list[int] = []
+    while len(seen) < 6:
+        async with asyncio.timeout(BOUND):
+            batch = await member.next_batch()
+        assert member.in_flight <= 2
+        [stats] = await store.group_stats(NOW, ["billing"])
+        assert stats.leased <= 2
+        for lease in batch:
+            seen.append(lease.notification_id)
+            await broker.ack(member, format_delivery_id(lease.notification_id, lease.token))
+    assert seen == sorted(seen)  # oldest first, kicked or not
+
+
+async def test_a_claim_kicked_as_the_stream_ends_is_released_with_it(
+    broker: Broker, store: SQLiteStore
+) -> None:
+    leaving = await broker.open_member("billing", "leaving")
+    await until(lambda: leaving.idle)
+    pending = asyncio.create_task(publish(broker, "R1"))
+    await asyncio.sleep(0)  # the publish queued its append and kicked the claim
+    assert leaving.kicked is not None
+    await broker.close_member(leaving)  # before the dispatch loop took the claim
+    nid = await pending
+    states = await store.group_states(nid)
+    assert states["billing"].state is DeliveryState.PENDING
+    assert states["billing"].attempts == 1  # leased by the kicked claim, then released
+    staying = await broker.open_member("billing", "staying")
+    async with asyncio.timeout(BOUND):
+        [lease] = await staying.next_batch()
+    assert lease.notification_id == nid and lease.attempt == 2
