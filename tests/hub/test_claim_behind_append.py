@@ -15,8 +15,8 @@ import pytest
 from paynotify_hub.broker import Broker
 from paynotify_hub.config import HubConfig
 from paynotify_hub.convert import new_notification
-from paynotify_hub.domain import DeliveryState, GroupSpec, ReceiptRecord, RetryPolicy
-from paynotify_hub.member import format_delivery_id
+from paynotify_hub.domain import DeliveryState, GroupSpec, Lease, ReceiptRecord, RetryPolicy
+from paynotify_hub.member import Member, MemberSettings, format_delivery_id
 from paynotify_hub.publishing import PublishOutcome
 from paynotify_hub.store.sqlite import SQLiteStore
 from tests.hubkit import make_notification
@@ -124,3 +124,40 @@ async def test_a_claim_kicked_as_the_stream_ends_is_released_with_it(
     async with asyncio.timeout(BOUND):
         [lease] = await staying.next_batch()
     assert lease.notification_id == nid and lease.attempt == 2
+
+
+async def test_only_an_append_that_would_commit_alone_kicks(store: SQLiteStore) -> None:
+    """Appends queued together commit together anyway: only the first, queued to an idle
+    worker, kicks; claims made once woken then cover the rest."""
+    kicks: list[str] = []
+
+    async def append(payment_id: str) -> None:
+        notification = new_notification(make_notification(payment_id))
+        receipt = ReceiptRecord(received_at=NOW)
+        groups = (GroupSpec("billing"),)
+        await store.append(
+            notification, receipt, groups, on_queued=lambda: kicks.append(payment_id)
+        )
+
+    await asyncio.gather(*(append(f"B{i}") for i in range(4)))
+    assert kicks == ["B0"]
+    await append("B4")
+    assert kicks == ["B0", "B4"]
+
+
+async def test_news_after_a_kick_outlives_the_step_that_takes_it() -> None:
+    """A kicked claim sees what was queued before the kick; a wake-up after it must make the
+    dispatch loop claim once more, a wake-up before it must not."""
+    settings = MemberSettings(GroupSpec("billing"), "m", 4, 30.0, frozenset())
+    member = Member("unit/m/1", settings)
+    claim: asyncio.Future[list[Lease]] = asyncio.get_running_loop().create_future()
+    member.wake(due_now=True)
+    member.kick(4, claim)
+    assert member.begin_step() == (4, claim)
+    assert not member._news.is_set()  # the kick's own news: the claim covers it
+    member.kick(4, claim)
+    member.wake(due_now=True)  # e.g. a nack, after the claim was queued
+    assert member.begin_step() == (4, claim)
+    assert member._news.is_set()  # so the loop claims again instead of waiting
+    assert member.begin_step() is None
+    assert not member._news.is_set()  # a claim submitted now sees everything

@@ -78,9 +78,10 @@ class Store(Protocol):
         never redelivered), except that a group declared since gets its pending delivery.
 
         `on_queued`: a store that runs verbs one at a time in the order they are called (SQLite's
-        worker) calls it once the append is queued and before it runs. A `claim` called from it
-        runs after the append, sees its rows and may share its transaction (one commit for both).
-        A store without that order (PostgreSQL) never calls it.
+        worker) calls it once the append is queued and before it runs, when the append would
+        otherwise commit alone (the worker is idle). A `claim` called from it runs after the
+        append, sees its rows and shares its transaction (one commit for both). A store without
+        that order (PostgreSQL) never calls it.
         """
 
     async def group_states(self, notification_id: int) -> Mapping[str, GroupDelivery]:
