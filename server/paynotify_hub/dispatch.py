@@ -3,8 +3,7 @@
 Notifications wake, polling guarantees: the loop waits for `Member.wake()` (a local append, a nack,
 an expired or released lease, another hub's event) but never longer than the poll interval or the
 time until the group's next delivery falls due. It asks the store when that is only when something
-may have gone into a backoff since it last asked, or when a claim found nothing due that the loop
-did not already know of.
+may have gone into a backoff since it last asked, or when a claim found nothing due.
 
 `kick()`: on a store that runs verbs in call order (SQLite), a local append submits the claim of
 each idle member right behind itself, so the worker commits both in one transaction: one commit
@@ -14,6 +13,7 @@ and one hop fewer per notification than claiming once woken.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -72,7 +72,10 @@ class Dispatcher:
             if member.kicked is not None:
                 _, claim = member.kicked
                 member.kicked = None
-                asyncio.ensure_future(claim).add_done_callback(_retrieve)
+                if isinstance(claim, asyncio.Future):
+                    claim.add_done_callback(_retrieve)
+                elif inspect.iscoroutine(claim):
+                    claim.close()  # never started: nothing was queued
 
     def kick(self, member: Member) -> None:
         """Work for the member's group was just queued in the store, behind everything called
@@ -120,13 +123,15 @@ class Dispatcher:
                 self.metrics.redeliveries.labels(member.group).inc(redelivered)
             if len(leases) == slots:
                 return 0.0  # maybe more is due: claim again at once
-        due_at, now = member.due_at, self.clock()
-        if not member.maybe_delayed and (due_at is None or due_at > now):
-            # Nothing more was due and nothing can have gone into a backoff since the last look
-            # (a claim that found nothing: a repeat of a settled notification woke it): wait for
-            # news, the backoff known from then, or the safety poll, without asking the store.
-            return self.config.poll_interval if due_at is None else self._clamp(due_at - now)
-        # Work may wait for a backoff, or a known one ended: ask when next.
+            due_at, now = member.due_at, self.clock()
+            if not member.maybe_delayed and (due_at is None or due_at > now):
+                # Nothing more was due and nothing can have gone into a backoff since the last
+                # look: wait for news, the backoff known from then, or the safety poll, without
+                # asking the store.
+                return self.config.poll_interval if due_at is None else self._clamp(due_at - now)
+        # Nothing was due (a notification received at a time ahead of this hub's clock, a row
+        # another hub holds locked), work may wait for a backoff, or a known one ended: ask when
+        # next.
         member.maybe_delayed = False
         return await self._until_due(member)
 

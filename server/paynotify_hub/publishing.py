@@ -59,8 +59,8 @@ class Publisher:
     ended: Callable[[], bool]
     # Called with the groups of an append the store has queued (see `Store.append`'s
     # `on_queued`): their idle members claim right behind it, in the same transaction if the
-    # store takes both together, and are woken.
-    kick: Callable[[Iterable[str]], None] = lambda groups: None
+    # store takes both together, and every member of them is woken.
+    kick: Callable[[Iterable[str]], None]
 
     async def publish(
         self, notification: NewNotification, receipt: ReceiptRecord, max_wait: float

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -162,7 +163,9 @@ class NotificationHubServicer(hub_pb2_grpc.NotificationHubServicer):
 class _Stream:
     """One Subscribe stream after its open: a reader task answers actions, a pump task turns the
     member's leases into deliveries; both feed one queue of responses, so writes never interleave.
-    `next_response()` gives None at the end; `error` then says why (None: the client closed).
+    What queued up while a write went out leaves as one message (fewer messages for a subscriber
+    to wake up for). `next_response()` gives None at the end; `error` then says why (None: the
+    client closed).
     """
 
     def __init__(self, broker: Broker, member: Member, max_message_bytes: int) -> None:
@@ -171,6 +174,7 @@ class _Stream:
         self._broker = broker
         self._member = member
         self._out: asyncio.Queue[hub_pb2.SubscribeResponse | None] = asyncio.Queue()
+        self._back: deque[hub_pb2.SubscribeResponse | None] = deque()  # taken, not yet sent
         self._tasks: list[asyncio.Task[None]] = []
         self.error: HubError | None = None
 
@@ -189,7 +193,22 @@ class _Stream:
         ]
 
     async def next_response(self) -> hub_pb2.SubscribeResponse | None:
-        return await self._out.get()
+        """The next response; what queued up behind it while the last write went out joins
+        it as one message (deliveries, then action results, in order), under the send limit."""
+        response = self._back.popleft() if self._back else await self._out.get()
+        if response is None or self._out.empty():
+            return response
+        size = response.ByteSize()
+        while not self._out.empty():
+            after = self._out.get_nowait()
+            n = 0 if after is None else after.ByteSize()
+            if after is None or size + n > self._max_bytes:
+                self._back.append(after)  # the end, or too much for this message: next time
+                break
+            response.deliveries.extend(after.deliveries)
+            response.action_results.extend(after.action_results)
+            size += n
+        return response
 
     async def _guard(self, work: Awaitable[None]) -> None:
         """Run `work`; whatever way it ends, the stream ends (an unexpected error is logged)."""

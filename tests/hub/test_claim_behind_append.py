@@ -7,6 +7,7 @@ whether a claim shared the append's transaction.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -161,3 +162,28 @@ async def test_news_after_a_kick_outlives_the_step_that_takes_it() -> None:
     assert member._news.is_set()  # so the loop claims again instead of waiting
     assert member.begin_step() is None
     assert not member._news.is_set()  # a claim submitted now sees everything
+
+
+async def test_a_receipt_ahead_of_the_hubs_clock_is_delivered_when_due(tmp_path: Path) -> None:
+    """A bridge whose clock runs ahead stamps a receipt the hub's claim cannot take yet: the
+    empty claim makes the loop ask when it falls due, not wait for the safety poll."""
+    store = SQLiteStore(tmp_path / "skew.db")
+    await store.open()
+    config = HubConfig(groups=(GroupSpec("billing"),), poll_interval=5.0, hub_id="unit")
+    b = Broker(config, store)
+    await b.start()
+    try:
+        member = await b.open_member("billing", "m")
+        await until(lambda: member.idle)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ahead = ReceiptRecord(received_at=time.time() + 0.2)
+        await b.publish(new_notification(make_notification("S1")), ahead, 0)
+        async with asyncio.timeout(BOUND):
+            [lease] = await member.next_batch()
+        assert loop.time() - started < 2.5  # due 0.2 s later; the safety poll is at 5 s
+        assert lease.attempt == 1
+    finally:
+        await b.shutdown(drain=0)
+        await b.close()
+        await store.close()

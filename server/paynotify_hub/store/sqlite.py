@@ -10,6 +10,11 @@ failing verb rolls back only itself and its caller alone gets the error. No call
 before the COMMIT that holds its change; if that COMMIT fails, every caller of the batch gets
 the error.
 
+Order: verbs run in the order they are called, and `claim` and `append` queue their job when called
+(not when first awaited). So a claim called from an append's `on_queued` (called only when the
+worker is idle: see `Store.append`) runs after that append, almost always in its transaction: the
+worker can take the append alone only if the event loop's thread lost the GIL between the two.
+
 Durability: WAL journal with synchronous=FULL, so an answered verb survives kill -9 and power loss.
 Every sqlite3 error is wrapped into `StoreError` (`StoreUnavailable` while the file stays locked),
 naming the operation and never payload contents.

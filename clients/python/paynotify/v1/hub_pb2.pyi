@@ -510,6 +510,10 @@ Global___Extension: _TypeAlias = Extension  # noqa: Y015
 
 @_typing.final
 class SubscribeResponse(_message.Message):
+    """After the first, a response may carry deliveries and action results together: handle both
+    fields of every response (the hub sends what queued up behind its last write as one message).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OPENED_FIELD_NUMBER: _builtins.int
