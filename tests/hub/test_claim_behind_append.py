@@ -187,3 +187,20 @@ async def test_a_receipt_ahead_of_the_hubs_clock_is_delivered_when_due(tmp_path:
         await b.shutdown(drain=0)
         await b.close()
         await store.close()
+
+
+async def test_no_kick_while_the_loop_holds_a_claim_it_has_not_handed_out(
+    broker: Broker, store: SQLiteStore
+) -> None:
+    """The first publish returns as its batch commits, before the dispatch loop has taken its
+    claim's lease: a second publish right then finds the worker idle, but must not claim for
+    the member again (both claims would fill the same free slot)."""
+    member = await broker.open_member("billing", "b", max_in_flight=1)
+    await until(lambda: member.idle)
+    first = await publish(broker, "O1")
+    await publish(broker, "O2")  # at once: the loop has not handed out O1's lease yet
+    [lease] = await member.next_batch()
+    await asyncio.sleep(0.05)  # whatever else the loop would claim, it has claimed now
+    [stats] = await store.group_stats(NOW, ["billing"])
+    assert lease.notification_id == first
+    assert member.in_flight == 1 and stats.leased == 1
