@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
@@ -35,32 +35,19 @@ _seconds: defaultdict[str, float] = defaultdict(float)
 _lock = threading.Lock()
 
 
-def _counted(name: str, method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await method(*args, **kwargs)
-        finally:
-            with _lock:
-                _calls[name] += 1
-                _seconds[name] += time.perf_counter() - started
-
-    return wrapper
-
-
-def _counted_queued(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-    """A verb that queues its work when called (SQLiteStore.claim): called at once, as before,
-    and timed until its outcome is awaited."""
+def _counted(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """Count a verb and time it from the call until its outcome is awaited. The verb is called at
+    once, as without the wrapper: a coroutine starts when awaited, and a verb that queues its
+    work when called (SQLiteStore.claim) still queues it then."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Awaitable[Any]:
         started = time.perf_counter()
-        queued = method(*args, **kwargs)
+        called = method(*args, **kwargs)
 
         async def outcome() -> Any:
             try:
-                return await queued
+                return await called
             finally:
                 with _lock:
                     _calls[name] += 1
@@ -75,10 +62,8 @@ def _instrument(cls: type) -> None:
     for name, member in list(vars(cls).items()):
         if name.startswith("_") or not callable(member):
             continue
-        if inspect.iscoroutinefunction(member):
+        if inspect.iscoroutinefunction(member) or name in QUEUED_VERBS:
             setattr(cls, name, _counted(name, member))
-        elif name in QUEUED_VERBS:
-            setattr(cls, name, _counted_queued(name, member))
 
 
 def _time_sqlite_batches() -> None:

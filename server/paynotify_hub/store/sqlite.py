@@ -1,7 +1,7 @@
 """Embedded SQLite backend of the store: one file, one hub.
 
 The sqlite3 module blocks, so the one connection lives on one dedicated worker thread and every
-verb is awaited through `SQLiteStore._run`, which queues it for that thread.
+verb is queued for that thread (`SQLiteStore._queue`) and its outcome awaited.
 
 Group commit: the worker takes one queued verb and, without waiting, whatever else is queued (at
 most `MAX_BATCH_OPS`), and runs them all in one transaction (BEGIN IMMEDIATE ... COMMIT), so a
@@ -526,11 +526,6 @@ class _Worker:
         self.commits = 0
         threading.Thread(target=self._serve, name="paynotify-sqlite", daemon=True).start()
 
-    async def submit(
-        self, op: str, body: Callable[[sqlite3.Connection], Any], write: bool, final: bool = False
-    ) -> Any:
-        return await self.queue(op, body, write, final)
-
     def queue(
         self, op: str, body: Callable[[sqlite3.Connection], Any], write: bool, final: bool = False
     ) -> asyncio.Future[Any]:
@@ -545,7 +540,7 @@ class _Worker:
 
     async def stop(self) -> None:
         """Let the verbs already queued finish, then close the connection."""
-        await self.submit("close", _close, write=False, final=True)
+        await self.queue("close", _close, write=False, final=True)
 
     def _serve(self) -> None:
         while True:
