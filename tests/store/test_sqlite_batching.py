@@ -136,3 +136,44 @@ async def test_close_waits_for_the_verbs_already_queued(store: SQLiteStore) -> N
     assert count(store.path, "SELECT count(*) FROM notifications") == 50
     with pytest.raises(StoreError, match="not open"):
         await store.append(note(51), receipt(), (ORDERS,))
+
+
+@contextmanager
+def statements(store: SQLiteStore) -> Iterator[list[str]]:
+    """Every statement the store's connection runs meanwhile (SQLite's own trace callback)."""
+    seen: list[str] = []
+    conn = store._worker._conn  # type: ignore[union-attr]
+    conn.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        conn.set_trace_callback(None)
+
+
+async def test_a_batch_that_succeeds_runs_without_a_savepoint_per_verb(store: SQLiteStore) -> None:
+    """Each statement costs the worker a trip through the GIL: a batch runs its verbs bare, and
+    only a batch in which one fails runs again with a savepoint each (the test above)."""
+    with statements(store) as seen:
+        with write_locked(store.path):
+            tasks = [
+                asyncio.create_task(store.append(note(n), receipt(), (ORDERS,))) for n in range(10)
+            ]
+            await queued()
+        assert all(r.created for r in await asyncio.gather(*tasks))
+    assert not [s for s in seen if s.startswith(("SAVEPOINT", "RELEASE"))], seen
+    assert count(store.path, "SELECT count(*) FROM notifications") == 10
+
+    nameless = GroupSpec(cast(str, None))
+    with statements(store) as seen:
+        with write_locked(store.path):
+            good = asyncio.create_task(store.append(note(20), receipt(), (ORDERS,)))
+            failing = asyncio.create_task(store.append(note(21), receipt(), (nameless,)))
+            await queued()
+        with pytest.raises(StoreError, match="append failed: IntegrityError"):
+            await failing
+        assert (await good).created
+    # The bare run undone whole, then its batch again with a savepoint per verb (the good append
+    # may have had a batch of its own, taken before the failing one was queued).
+    assert seen.count("ROLLBACK") == 1, seen
+    assert 1 <= seen.count("SAVEPOINT verb") <= 2, seen
+    assert count(store.path, "SELECT count(*) FROM notifications") == 11

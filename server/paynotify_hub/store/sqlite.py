@@ -571,10 +571,31 @@ class _Worker:
         return batch, job
 
     def _run_batch(self, batch: list[_Job]) -> None:
-        """One transaction for the whole batch; answers are set only once COMMIT returned."""
+        """One transaction for the whole batch; answers are set only once COMMIT returned.
+
+        The verbs first run without a savepoint each: two statements fewer per verb, and every
+        statement costs this thread a trip through the GIL (sqlite3 lets it go for each step),
+        which under load costs more than the statement. If anything fails, the transaction is
+        rolled back and the batch runs again with a savepoint per verb, so that a failure undoes
+        only its own verb's changes. The verbs can run twice: their answers are set only after
+        the commit, and a rolled-back run left nothing behind.
+        """
         conn = self._conn
+        begin = "BEGIN IMMEDIATE" if any(j.write for j in batch) else "BEGIN"
         try:
-            conn.execute("BEGIN IMMEDIATE" if any(j.write for j in batch) else "BEGIN")
+            conn.execute(begin)
+            for job in batch:
+                job.outcome = job.body(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            for job in batch:
+                job.outcome = None
+        else:
+            self.commits += 1
+            return
+        try:
+            conn.execute(begin)
             for job in batch:
                 _run_isolated(conn, job)
             conn.execute("COMMIT")
