@@ -9,10 +9,13 @@ classes' async methods are wrapped in this process only.
   awaited, queueing included). On SIGUSR1 one line ``STORECOUNTS {...}`` goes to stdout;
   `bench.profile --count-store` takes one before and one after its load.
 - `--switch-interval S`: `sys.setswitchinterval(S)` (the bridge uses 0.0005).
+- `--stages`: stamp each notification's stages in the hub (`bench.stages`); SIGUSR1 also prints
+  one line ``STAGES {...}`` with their percentiles since the last one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -25,6 +28,9 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
+from bench.stages import MARKER as STAGES_MARKER
+from bench.stages import StageTrace, install
+
 __all__ = ["MARKER", "main"]
 
 MARKER = "STORECOUNTS "
@@ -33,6 +39,8 @@ QUEUED_VERBS = frozenset({"claim"})
 _calls: Counter[str] = Counter()
 _seconds: defaultdict[str, float] = defaultdict(float)
 _lock = threading.Lock()
+_stages: list[Any] = []  # the StageTrace, with --stages
+_hooks = contextlib.ExitStack()  # holds the stage hooks for the life of the process
 
 
 def _counted(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
@@ -92,6 +100,8 @@ def _dump(signum: int, frame: FrameType | None) -> None:
     with _lock:
         data = {"calls": dict(_calls), "seconds": {k: round(v, 6) for k, v in _seconds.items()}}
     print(MARKER + json.dumps(data), flush=True)
+    for trace in _stages:
+        print(STAGES_MARKER + json.dumps(trace.report()), flush=True)
 
 
 def main() -> int:
@@ -107,6 +117,9 @@ def main() -> int:
         flag = args.pop(0)
         if flag == "--switch-interval":
             sys.setswitchinterval(float(args.pop(0)))
+        elif flag == "--stages":
+            _stages.append(StageTrace())
+            _hooks.enter_context(install(_stages[0]))
         else:
             raise SystemExit(f"bench.hubwrap: unknown flag {flag}")
     from paynotify_cli.main import main as paynotify

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CpuSnapshot",
@@ -206,3 +208,19 @@ class CpuSnapshot:
             {r: self.by_role.get(r, 0.0) - before.by_role.get(r, 0.0) for r in roles},
             self.system - before.system,
         )
+
+
+def ask_by_signal(proc: Proc, marker: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """Send `proc` SIGUSR1 and read the JSON of the next line in its log starting with `marker`
+    (bench.hubwrap answers so)."""
+    seen = proc.log.read_text(errors="replace").count(marker)
+    os.kill(proc.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = proc.log.read_text(errors="replace")
+        lines = [x for x in text.splitlines() if x.startswith(marker)]
+        if len(lines) > seen:
+            data: dict[str, Any] = json.loads(lines[-1][len(marker) :])
+            return data
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} did not answer SIGUSR1 with a {marker.strip()} line")

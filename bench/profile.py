@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +27,7 @@ from bench.bodies import Corpus, ensure_corpus
 from bench.hubwrap import MARKER
 from bench.measure import postgres_cpu
 from bench.pipeline import Pipeline, PipelineOptions, postgres_schema
-from bench.procs import CpuSnapshot, Proc, ProcessGroup
+from bench.procs import CpuSnapshot, Proc, ProcessGroup, ask_by_signal
 from bench.wrk import Load, WrkResult, require_wrk, run_wrk
 
 __all__ = ["main", "summarize"]
@@ -251,19 +248,9 @@ def _strace(proc: Proc, out: Path, duration: float) -> subprocess.Popen[bytes]:
 
 
 def _store_counts(pipeline: Pipeline) -> dict[str, Any]:
-    """Ask the counting hub for its counters (SIGUSR1) and read them from its log."""
+    """Ask the counting hub for its counters (SIGUSR1)."""
     assert pipeline.hub is not None
-    log = pipeline.hub.log
-    seen = log.read_text(errors="replace").count(MARKER)
-    os.kill(pipeline.hub.pid, signal.SIGUSR1)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = [x for x in log.read_text(errors="replace").splitlines() if x.startswith(MARKER)]
-        if len(lines) > seen:
-            data: dict[str, Any] = json.loads(lines[-1][len(MARKER) :])
-            return data
-        time.sleep(0.05)
-    raise RuntimeError("the counting hub did not answer SIGUSR1")
+    return ask_by_signal(pipeline.hub, MARKER)
 
 
 def _print_store_counts(before: dict[str, Any], after: dict[str, Any], requests: int) -> None:
