@@ -20,6 +20,7 @@ from paynotify_hub.member import Member, MemberSettings, format_delivery_id
 from paynotify_hub.publishing import PublishOutcome
 from paynotify_hub.store.sqlite import SQLiteStore
 from tests.hubkit import make_notification
+from tests.store.test_sqlite_batching import queued, write_locked
 
 NOW = 1_700_000_000.0
 BOUND = 10.0
@@ -139,8 +140,15 @@ async def test_only_an_append_that_would_commit_alone_kicks(store: SQLiteStore) 
             notification, receipt, groups, on_queued=lambda: kicks.append(payment_id)
         )
 
-    await asyncio.gather(*(append(f"B{i}") for i in range(4)))
+    # Another connection holds the write lock: the worker waits in B0's batch while B1-B3 are
+    # queued, so none of them can find it idle again (on a busy machine it could otherwise
+    # finish B0 before B1 is queued).
+    with write_locked(store.path):
+        tasks = [asyncio.create_task(append(f"B{i}")) for i in range(4)]
+        await queued()
+    await asyncio.gather(*tasks)
     assert kicks == ["B0"]
+    await quiet(store)
     await append("B4")
     assert kicks == ["B0", "B4"]
 

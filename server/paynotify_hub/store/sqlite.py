@@ -575,29 +575,20 @@ class _Worker:
 
         The verbs first run without a savepoint each: two statements fewer per verb, and every
         statement costs this thread a trip through the GIL (sqlite3 lets it go for each step),
-        which under load costs more than the statement. If anything fails, the transaction is
-        rolled back and the batch runs again with a savepoint per verb, so that a failure undoes
-        only its own verb's changes. The verbs can run twice: their answers are set only after
-        the commit, and a rolled-back run left nothing behind.
+        which under load costs more than the statement. If a verb fails, the transaction is
+        rolled back and the batch runs again with a savepoint per verb, so that the failure
+        undoes only its own verb's changes. The verbs can run twice: their answers are set only
+        after the commit, and a rolled-back run left nothing behind. A BEGIN or COMMIT that fails
+        fails the whole batch, as it always did (no second wait for a busy lock).
         """
         conn = self._conn
         begin = "BEGIN IMMEDIATE" if any(j.write for j in batch) else "BEGIN"
         try:
             conn.execute(begin)
-            for job in batch:
-                job.outcome = job.body(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            for job in batch:
-                job.outcome = None
-        else:
-            self.commits += 1
-            return
-        try:
-            conn.execute(begin)
-            for job in batch:
-                _run_isolated(conn, job)
+            if not _run_bare(conn, batch):
+                conn.execute(begin)
+                for job in batch:
+                    _run_isolated(conn, job)
             conn.execute("COMMIT")
         except BaseException as exc:
             _rollback(conn)
@@ -636,6 +627,18 @@ def _run_alone(conn: sqlite3.Connection, job: _Job) -> None:
         job.outcome = job.body(conn)
     except BaseException as exc:
         job.outcome, job.failed = exc, True
+
+
+def _run_bare(conn: sqlite3.Connection, jobs: list[_Job]) -> bool:
+    """Run the verbs one after the other in the open transaction; if one raises, roll the
+    transaction back (every verb's changes) and return False."""
+    try:
+        for job in jobs:
+            job.outcome = job.body(conn)
+    except Exception:
+        _rollback(conn)
+        return False
+    return True
 
 
 def _run_isolated(conn: sqlite3.Connection, job: _Job) -> None:
