@@ -39,7 +39,7 @@ QUEUED_VERBS = frozenset({"claim"})
 _calls: Counter[str] = Counter()
 _seconds: defaultdict[str, float] = defaultdict(float)
 _lock = threading.Lock()
-_stages: list[Any] = []  # the StageTrace, with --stages
+_trace: StageTrace | None = None  # with --stages
 _hooks = contextlib.ExitStack()  # holds the stage hooks for the life of the process
 
 
@@ -100,11 +100,12 @@ def _dump(signum: int, frame: FrameType | None) -> None:
     with _lock:
         data = {"calls": dict(_calls), "seconds": {k: round(v, 6) for k, v in _seconds.items()}}
     print(MARKER + json.dumps(data), flush=True)
-    for trace in _stages:
-        print(STAGES_MARKER + json.dumps(trace.report()), flush=True)
+    if _trace is not None:
+        print(STAGES_MARKER + json.dumps(_trace.report()), flush=True)
 
 
 def main() -> int:
+    global _trace
     from paynotify_hub.store.postgres import PostgresStore
     from paynotify_hub.store.sqlite import SQLiteStore
 
@@ -118,8 +119,8 @@ def main() -> int:
         if flag == "--switch-interval":
             sys.setswitchinterval(float(args.pop(0)))
         elif flag == "--stages":
-            _stages.append(StageTrace())
-            _hooks.enter_context(install(_stages[0]))
+            _trace = StageTrace()
+            _hooks.enter_context(install(_trace))
         else:
             raise SystemExit(f"bench.hubwrap: unknown flag {flag}")
     from paynotify_cli.main import main as paynotify

@@ -100,10 +100,10 @@ class StageTrace:
     def report(self) -> dict[str, Any]:
         """Percentiles of every stage over the notifications that went all the way, then reset."""
         with self._lock:
+            now = time.perf_counter()
+            window, self.since = now - self.since, now
             stamps, self.stamps = self.stamps, {}
-            window, self.since = time.perf_counter() - self.since, time.perf_counter()
-            worker = {k: v for k, v in self.worker.items()}
-            self.worker = {k: [] for k in worker}
+            worker, self.worker = self.worker, {k: [] for k in self.worker}
         done = [s for s in stamps.values() if all(stage in s for stage in STAGES)]
         steps: dict[str, Any] = {}
         slowest = sorted(done, key=lambda s: s["answered"] - s["received"])
@@ -116,7 +116,6 @@ class StageTrace:
                     slowest
                 )
             steps[f"{start} → {end}"] = spread
-        scale = {"batch size": 1.0}
         walls = worker.get("batch wall", [])
         return {
             "notifications": len(done),
@@ -126,7 +125,9 @@ class StageTrace:
             "sqlite_batches": len(walls),
             "stages_ms": steps,
             "sqlite_worker": {
-                k: _spread([x * scale.get(k, 1e3) for x in v]) for k, v in worker.items() if v
+                k: _spread([x if k == "batch size" else x * 1e3 for x in v])
+                for k, v in worker.items()
+                if v
             },
         }
 
