@@ -192,15 +192,15 @@ def install(trace: StageTrace) -> Iterator[StageTrace]:
 
         return wrapper
 
-    def ack(original: Any) -> Any:
-        async def wrapper(self: Any, member: Any, delivery_id: str) -> Any:
-            key = parse_delivery_id(delivery_id)
-            if key is not None:
+    def ack_many(original: Any) -> Any:
+        async def wrapper(self: Any, member: Any, delivery_ids: Any) -> Any:
+            keys = [key for key in map(parse_delivery_id, delivery_ids) if key is not None]
+            for key in keys:
                 trace.stamp(key[0], "ack in", last=True)
-            status = await original(self, member, delivery_id)
-            if key is not None:
+            statuses = await original(self, member, delivery_ids)
+            for key in keys:
                 trace.stamp(key[0], "ack stored", last=True)
-            return status
+            return statuses
 
         return wrapper
 
@@ -241,7 +241,7 @@ def install(trace: StageTrace) -> Iterator[StageTrace]:
         return wrapper
 
     patch(broker.Broker, "publish", publish)
-    patch(broker.Broker, "ack", ack)
+    patch(broker.Broker, "ack_many", ack_many)
     patch(SQLiteStore, "append", append)
     patch(PostgresStore, "append", append)
     patch(service, "delivery_of", delivery_of)

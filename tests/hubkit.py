@@ -551,7 +551,8 @@ def _duration(seconds: float) -> Duration:
 class RawSubscriber:
     """A Subscribe stream driven by hand: send actions, await deliveries and action results.
 
-    Every delivery received is also kept in `received` (in arrival order).
+    Every delivery received is also kept in `received`, and every response in `responses` (in
+    arrival order).
     """
 
     def __init__(self, channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]] = ()) -> None:
@@ -566,6 +567,7 @@ class RawSubscriber:
         self._call: Any = None
         self.opened: hub_pb2.Opened | None = None
         self.received: list[hub_pb2.Delivery] = []
+        self.responses: list[hub_pb2.SubscribeResponse] = []
         self.code: grpc.StatusCode | None = None
         self.details: str = ""
 
@@ -596,6 +598,7 @@ class RawSubscriber:
             self._closed.set()
 
     def _route(self, response: hub_pb2.SubscribeResponse) -> None:
+        self.responses.append(response)
         if response.HasField("opened"):
             self.opened = response.opened
         for delivery in response.deliveries:
@@ -635,6 +638,10 @@ class RawSubscriber:
     def pending_deliveries(self) -> int:
         """Received but not yet taken by `receive`."""
         return self._deliveries.qsize()
+
+    def pending_results(self) -> int:
+        """Action results received but not yet taken by `results`."""
+        return self._results.qsize()
 
     async def results(self, count: int, timeout: float = 10.0) -> list[hub_pb2.ActionResult]:  # noqa: ASYNC109
         got = []

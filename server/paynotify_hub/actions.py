@@ -6,7 +6,8 @@ is no longer the one named. Settling signals local publish waiters; the store te
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,15 +36,33 @@ class Actions:
     on_ack: Callable[[str, float], None] | None = None
 
     async def ack(self, member: Member, delivery_id: str) -> ActionStatus:
-        def call(nid: int, token: str) -> Awaitable[ActionStatus]:
-            return self.store.ack(member.group, nid, token, self.clock())
-
-        key = parse_delivery_id(delivery_id)
-        received = member.first_received_at(key) if key is not None else None
-        status = await self._act("ack", member, delivery_id, call, settles=DeliveryState.ACKED)
-        if status is ActionStatus.OK and received is not None and self.on_ack is not None:
-            self.on_ack(member.group, received)
+        [status] = await self.ack_many(member, [delivery_id])
         return status
+
+    async def ack_many(self, member: Member, delivery_ids: Sequence[str]) -> list[ActionStatus]:
+        """The acks of one request, an answer for each in order. The leases this stream holds go
+        to the store in one call (one store call and one SQLite job, not one per ack)."""
+        keys = [parse_delivery_id(delivery_id) for delivery_id in delivery_ids]
+        statuses: dict[int, ActionStatus] = {}
+        held = [(i, key) for i, key in enumerate(keys) if key is not None and member.holds(key)]
+        if held:
+            received = [member.first_received_at(key) for _, key in held]
+            call = self.store.ack_many(member.group, [key for _, key in held], self.clock())
+            answers = await store_call("ack", call, self.config.store_timeout, self.metrics)
+            for (i, key), status, first in zip(held, answers, received, strict=True):
+                statuses[i] = status
+                self._account(member, key, status, DeliveryState.ACKED)
+                if status is ActionStatus.OK and first is not None and self.on_ack is not None:
+                    self.on_ack(member.group, first)
+        for i, parsed in enumerate(keys):
+            if i not in statuses:
+                statuses[i] = (
+                    ActionStatus.UNKNOWN if parsed is None else await self._not_held(member, parsed)
+                )
+        ordered = [statuses[i] for i in range(len(keys))]
+        for status, count in Counter(ordered).items():
+            self.metrics.actions.labels(member.group, "ack", status.value).inc(count)
+        return ordered
 
     async def nack(self, member: Member, delivery_id: str, delay: float | None) -> ActionStatus:
         if delay is not None:

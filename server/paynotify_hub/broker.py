@@ -19,7 +19,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from paynotify_hub.actions import Actions
 from paynotify_hub.background import Housekeeper
@@ -266,6 +266,10 @@ class Broker:
 
     async def ack(self, member: Member, delivery_id: str) -> ActionStatus:
         return await self._actions.ack(member, delivery_id)
+
+    async def ack_many(self, member: Member, delivery_ids: Sequence[str]) -> list[ActionStatus]:
+        """The acks of one request, in one store call: an answer for each, in order."""
+        return await self._actions.ack_many(member, delivery_ids)
 
     async def nack(self, member: Member, delivery_id: str, delay: float | None) -> ActionStatus:
         """Redeliver after `delay` seconds (None: the retry policy's backoff)."""

@@ -48,6 +48,13 @@ PublishStreamContext = grpc.aio.ServicerContext[
 
 # The longest a caller may have a publish wait (a stream item's `wait`, a unary deadline).
 MAX_CALLER_WAIT = 300.0
+# How long a Subscribe stream holds action results for the next deliveries to carry them. No
+# publish waits for a result (only for its ack to be stored), so the hold delays no delivery and
+# no publish; a result that rides with deliveries saves the hub a write and the subscriber a read
+# and a wake-up. Past `MAX_HELD_RESULTS` they go at once, in responses of at most that many (the
+# writer joins responses only under the send limit).
+ACTION_RESULT_HOLD_S = 0.01
+MAX_HELD_RESULTS = 1000
 
 _STATUS = {
     ActionStatus.OK: hub_pb2.ACTION_STATUS_OK,
@@ -164,8 +171,9 @@ class _Stream:
     """One Subscribe stream after its open: a reader task answers actions, a pump task turns the
     member's leases into deliveries; both feed one queue of responses, so writes never interleave.
     What queued up while a write went out leaves as one message (fewer messages for a subscriber
-    to wake up for). `next_response()` gives None at the end; `error` then says why (None: the
-    client closed).
+    to wake up for). Action results wait up to `ACTION_RESULT_HOLD_S` to leave with the next
+    deliveries, and always leave before the stream ends. `next_response()` gives None at the end;
+    `error` then says why (None: the client closed).
     """
 
     def __init__(self, broker: Broker, member: Member, max_message_bytes: int) -> None:
@@ -176,12 +184,16 @@ class _Stream:
         self._out: asyncio.Queue[hub_pb2.SubscribeResponse | None] = asyncio.Queue()
         self._back: deque[hub_pb2.SubscribeResponse | None] = deque()  # taken, not yet sent
         self._tasks: list[asyncio.Task[None]] = []
+        self._held: list[hub_pb2.ActionResult] = []  # results waiting for deliveries to ride with
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.error: HubError | None = None
 
     async def __aenter__(self) -> _Stream:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -220,6 +232,7 @@ class _Stream:
             logger.exception("subscribe stream of %s failed", self._member.id)
             self.error = self.error or Unavailable("internal error, reconnect")
         finally:
+            self._flush_results()  # results go out before the end of the stream
             self._out.put_nowait(None)
 
     async def _read(self, requests: AsyncIterator[hub_pb2.SubscribeRequest]) -> None:
@@ -230,7 +243,7 @@ class _Stream:
                 raise InvalidArgument("open may only be sent in the first request")
             results = await self._act(request)
             if results:
-                self._out.put_nowait(hub_pb2.SubscribeResponse(action_results=results))
+                self._hold_results(results)
 
     async def _pump(self) -> None:
         while True:
@@ -240,6 +253,25 @@ class _Stream:
             # one message would end the stream RESOURCE_EXHAUSTED, again on every reconnect.
             for piece in _slices(deliveries, self._max_bytes):
                 self._out.put_nowait(hub_pb2.SubscribeResponse(deliveries=piece))
+            self._flush_results()  # queued right behind: `next_response` sends them as one
+
+    def _hold_results(self, results: list[hub_pb2.ActionResult]) -> None:
+        """Send `results` with the next deliveries, or on their own after the hold."""
+        self._held.extend(results)
+        if len(self._held) >= MAX_HELD_RESULTS:
+            self._flush_results()
+        elif self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(ACTION_RESULT_HOLD_S, self._flush_results)
+
+    def _flush_results(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        held, self._held = self._held, []
+        for start in range(0, len(held), MAX_HELD_RESULTS):
+            piece = held[start : start + MAX_HELD_RESULTS]
+            self._out.put_nowait(hub_pb2.SubscribeResponse(action_results=piece))
 
     async def _act(self, request: hub_pb2.SubscribeRequest) -> list[hub_pb2.ActionResult]:
         b, m = self._broker, self._member
@@ -250,14 +282,11 @@ class _Stream:
                 hub_pb2.ActionResult(delivery_id=delivery_id, kind=kind, status=_STATUS[status])
             )
 
-        # A request's acks are awaited together: SQLite commits them in one transaction (one
-        # fsync for the batch, not one each), PostgreSQL runs them side by side on its pool.
-        # Nacks, rejects and extensions stay in order.
+        # A request's acks go to the store as one call: on SQLite one job of the worker's group
+        # commit, on PostgreSQL into its ack batches. Nacks, rejects and extensions stay in order.
         ack_ids = list(request.ack_ids)
-        if len(ack_ids) == 1:
-            add(ack_ids[0], hub_pb2.ACTION_KIND_ACK, await b.ack(m, ack_ids[0]))
-        elif ack_ids:
-            statuses = await asyncio.gather(*(b.ack(m, ack_id) for ack_id in ack_ids))
+        if ack_ids:
+            statuses = await b.ack_many(m, ack_ids)
             for ack_id, status in zip(ack_ids, statuses, strict=True):
                 add(ack_id, hub_pb2.ACTION_KIND_ACK, status)
         for nack in request.nacks:

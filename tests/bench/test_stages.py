@@ -59,7 +59,7 @@ def hooked() -> tuple[object, ...]:
     """Everything `install` wraps."""
     return (
         broker.Broker.publish,
-        broker.Broker.ack,
+        broker.Broker.ack_many,
         SQLiteStore.append,
         PostgresStore.append,
         service.delivery_of,

@@ -1,4 +1,5 @@
-"""A Subscribe stream's writer sends what queued up behind a write as one message.
+"""A Subscribe stream's writer sends what queued up behind a write as one message, and action
+results wait a moment for deliveries to ride with.
 
 Fewer messages per delivery for the subscriber to wake up for; every delivery and action result
 still goes out exactly once, in order, and no message exceeds the send limit.
@@ -13,11 +14,19 @@ from pathlib import Path
 import pytest
 
 from paynotify.v1 import hub_pb2
+from paynotify_hub import service
 from paynotify_hub.broker import Broker
 from paynotify_hub.config import HubConfig
 from paynotify_hub.domain import GroupSpec
 from paynotify_hub.service import _RESPONSE_OVERHEAD, _Stream
 from paynotify_hub.store.sqlite import SQLiteStore
+from tests.hubkit import (
+    RawSubscriber,
+    make_notification,
+    publish_async,
+    raw_subscriber,
+    running_hub,
+)
 
 Response = hub_pb2.SubscribeResponse
 
@@ -92,3 +101,77 @@ async def test_the_end_comes_after_what_was_queued_before_it(broker: Broker) -> 
     assert last is not None and ids(last) == (["1.t"], ["1.t"])
     async with asyncio.timeout(5):
         assert await s.next_response() is None
+
+
+# -- action results held for the next deliveries (a real hub and stream) -------------------------
+
+LONG_HOLD = 30.0  # far longer than any test waits: only a delivery or the stream's end sends it
+BOUND = 10.0
+
+
+@pytest.fixture
+def long_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "ACTION_RESULT_HOLD_S", LONG_HOLD)
+
+
+async def acked_and_held(address: str, sub: RawSubscriber, payment_id: str) -> hub_pb2.Delivery:
+    """Publish, receive and ack one notification; the publish is answered ACKNOWLEDGED while the
+    ack's result is still held (nothing else to carry it)."""
+    published = asyncio.create_task(publish_async(address, make_notification(payment_id)))
+    (delivery,) = await sub.receive(1)
+    await sub.ack(delivery.delivery_id, wait=False)
+    async with asyncio.timeout(BOUND):
+        answer = await published  # waits for the ack to be stored, not for its result
+    assert answer.outcome == hub_pb2.PUBLISH_OUTCOME_ACKNOWLEDGED
+    assert sub.pending_results() == 0
+    return delivery
+
+
+@pytest.mark.usefixtures("long_hold")
+async def test_an_action_result_rides_with_the_next_delivery(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub, raw_subscriber(hub.address) as sub:
+        one = await acked_and_held(hub.address, sub, "H1")
+        second = asyncio.create_task(publish_async(hub.address, make_notification("H2")))
+        (two,) = await sub.receive(1)
+        (result,) = await sub.results(1)
+        assert (result.delivery_id, result.status) == (one.delivery_id, hub_pb2.ACTION_STATUS_OK)
+        [carrier] = [r for r in sub.responses if two.delivery_id in ids(r)[0]]
+        assert ids(carrier) == ([two.delivery_id], [one.delivery_id])
+        await sub.ack(two.delivery_id, wait=False)
+        async with asyncio.timeout(BOUND):
+            await second
+
+
+@pytest.mark.usefixtures("long_hold")
+async def test_held_results_go_out_before_the_stream_ends(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub, raw_subscriber(hub.address) as sub:
+        one = await acked_and_held(hub.address, sub, "H3")
+        await hub.stop(grace=1.0)  # ends every stream
+        (result,) = await sub.results(1)
+        assert result.delivery_id == one.delivery_id
+        await sub.wait_closed()
+
+
+async def test_a_result_with_no_delivery_to_ride_with_goes_out_after_the_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "ACTION_RESULT_HOLD_S", 0.05)
+    async with running_hub(tmp_path) as hub, raw_subscriber(hub.address) as sub:
+        published = asyncio.create_task(publish_async(hub.address, make_notification("H4")))
+        (one,) = await sub.receive(1)
+        (result,) = await sub.ack(one.delivery_id)  # waits for the result, up to 10 s
+        assert result.status == hub_pb2.ACTION_STATUS_OK
+        assert ids(sub.responses[-1]) == ([], [one.delivery_id])
+        async with asyncio.timeout(BOUND):
+            await published
+
+
+@pytest.mark.usefixtures("long_hold")
+async def test_many_results_go_out_at_once_however_long_the_hold(tmp_path: Path) -> None:
+    count = service.MAX_HELD_RESULTS * 2 + 500
+    async with running_hub(tmp_path) as hub, raw_subscriber(hub.address) as sub:
+        # Malformed ids: answered UNKNOWN without the store, one result each.
+        sent = [f"bad-{n}" for n in range(count)]
+        results = await sub.ack(*sent)  # waits up to 10 s, not the 30 s hold
+        assert [r.delivery_id for r in results] == sent
+        assert {r.status for r in results} == {hub_pb2.ACTION_STATUS_UNKNOWN}

@@ -185,6 +185,30 @@ async def test_find_shows_the_current_lease_and_settled_states(store: Store) -> 
 # history: every kind of ending
 
 
+async def test_ack_many_answers_each_ack_in_order_and_records_each_ack_once(store: Store) -> None:
+    first, second, third = [await add(store, n) for n in (1, 2, 3)]
+    leases = {x.notification_id: x for x in await store.claim("orders", "m1", 3, LEASE, ALL, T0)}
+    acks = [
+        (first, leases[first].token),
+        (second, "not-the-token"),
+        (first, leases[first].token),  # the same ack twice in one request
+        (third + 1000, "never-issued"),
+        (third, leases[third].token),
+    ]
+    ok, stale, unknown = ActionStatus.OK, ActionStatus.STALE, ActionStatus.UNKNOWN
+    assert await store.ack_many("orders", acks, T0 + 2) == [ok, stale, stale, unknown, ok]
+    assert await store.ack_many("orders", [], T0 + 3) == []
+    for nid, state in ((first, DeliveryState.ACKED), (second, DeliveryState.LEASED)):
+        assert await state_of(store, nid) == GroupDelivery(state, 1)
+    assert await state_of(store, third) == GroupDelivery(DeliveryState.ACKED, 1)
+    for n in (1, 3):
+        assert delivery(await show(store, n), "orders").history == (
+            DeliveryEvent("orders", LEASED, T0, 1, "m1", DeliveryState.LEASED, T0 + LEASE),
+            DeliveryEvent("orders", ACKED, T0 + 2, 1, "m1", DeliveryState.ACKED),
+        )
+    assert [e.kind for e in delivery(await show(store, 2), "orders").history] == [LEASED]
+
+
 async def test_history_of_a_lease_acked(store: Store) -> None:
     nid = await add(store, 1)
     lease = await claim_one(store, "orders", T0 + 1, member="m1")

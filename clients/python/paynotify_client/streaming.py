@@ -1,20 +1,21 @@
 """The engine behind Subscriber: Pub/Sub's StreamingPullManager, at a fraction of the size.
 
 One background thread holds the Subscribe stream (gRPC's sync bidi call) and reads it; each
-delivery becomes a Message whose callback runs on a thread pool. A Message's verbs only put actions
-into the stream's Outbox, which is the stream's request iterator. When the stream ends with a
-retryable status the thread opens a new one after a backoff, with a new Outbox: actions for the old
-stream's deliveries are dropped, because the hub has already made those deliveries pending again.
+delivery becomes a Message whose callback runs on a callback thread (`CallbackPool`). A Message's
+verbs only put actions into the stream's Outbox, which is the stream's request iterator. When the
+stream ends with a retryable status the thread opens a new one after a backoff, with a new Outbox:
+actions for the old stream's deliveries are dropped, because the hub has already made those
+deliveries pending again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,6 +27,7 @@ from paynotify_client.errors import SubscriberError, error_from_status, is_retry
 from paynotify_client.future import SubscribeFuture
 from paynotify_client.message import Message
 from paynotify_client.outbox import Outbox
+from paynotify_client.pool import CallbackPool
 
 __all__ = ["ActionResultHook", "StreamSettings", "StreamingPull"]
 
@@ -82,9 +84,7 @@ class StreamingPull:
         self._busy = 0
         self._idle = threading.Condition()
         self._local = threading.local()
-        self._executor = ThreadPoolExecutor(
-            settings.threads, thread_name_prefix="paynotify-callback"
-        )
+        self._pool: CallbackPool | None = None  # started with the stream thread
         self._thread = threading.Thread(target=self._run, name="paynotify-subscriber", daemon=True)
 
     @property
@@ -92,7 +92,8 @@ class StreamingPull:
         return self._settings.open_request.open.group
 
     def start(self) -> None:
-        """Open the stream on a background thread."""
+        """Start the callback threads and open the stream on a background thread."""
+        self._pool = CallbackPool(self._settings.threads, "paynotify-callback")
         self._thread.start()
 
     # -- the stream thread ----------------------------------------------------------------------
@@ -183,10 +184,10 @@ class StreamingPull:
             return
         with self._idle:
             self._busy += 1
-        try:
-            self._executor.submit(self._run_callback, message, outbox)
-        except RuntimeError:  # the executor is shut down: we are closing; no nack, as above
-            self._callback_done()
+        assert self._pool is not None  # started before the stream thread that calls this
+        run = functools.partial(self._run_callback, message, outbox)
+        if not self._pool.submit(run, self._callback_done):
+            self._callback_done()  # the pool is stopped: we are closing; no nack, as above
 
     def _on_action_results(self, results: Sequence[hub_pb2.ActionResult], outbox: Outbox) -> None:
         outbox.answered(len(results))
@@ -223,7 +224,8 @@ class StreamingPull:
     def _callback_done(self) -> None:
         with self._idle:
             self._busy -= 1
-            self._idle.notify_all()
+            if self._busy == 0:  # only close() waits, and only for none at all
+                self._idle.notify_all()
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -278,7 +280,8 @@ class StreamingPull:
             call.cancel()
 
     def _release(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.stop()
         self._channel.close()
 
     def _abandon(self, error: BaseException) -> None:

@@ -108,6 +108,12 @@ class Store(Protocol):
         self, group: str, notification_id: int, token: str, now: float
     ) -> ActionStatus: ...
 
+    async def ack_many(
+        self, group: str, acks: Sequence[tuple[int, str]], now: float
+    ) -> list[ActionStatus]:
+        """`ack` of each (notification id, token), as one call: an answer for each, in order.
+        The same delivery twice is acked once; the second answers STALE."""
+
     async def nack(
         self,
         group: str,

@@ -236,6 +236,12 @@ class PostgresStore:
             return ActionStatus.UNKNOWN  # no such delivery, and not a value to fail a batch with
         return await self._acks.submit(_Ack(group, notification_id, token, now))
 
+    async def ack_many(
+        self, group: str, acks: Sequence[tuple[int, str]], now: float
+    ) -> list[ActionStatus]:
+        # Each ack joins the verb's batches (`_Batches`), which never hold one row twice.
+        return list(await asyncio.gather(*(self.ack(group, n, t, now) for n, t in acks)))
+
     async def nack(
         self,
         group: str,

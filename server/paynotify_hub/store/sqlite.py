@@ -210,10 +210,14 @@ _SELECT_DELIVERY = """
     SELECT state, lease_token, attempts, lease_member FROM deliveries
     WHERE group_name = ? AND notification_id = ?
 """
+# Acks only the live lease the token names: one statement, where a check and an update were two.
 _ACK = """
     UPDATE deliveries
-    SET state = 'acked', acked_at = ?, updated_at = ?, lease_token = NULL, lease_expires_at = NULL
-    WHERE group_name = ? AND notification_id = ?
+    SET state = 'acked', acked_at = :now, updated_at = :now, lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE group_name = :group AND notification_id = :id
+      AND state = 'leased' AND lease_token = :token
+    RETURNING attempts, lease_member
 """
 _BURY = """
     UPDATE deliveries
@@ -340,11 +344,15 @@ class SQLiteStore:
         )
 
     async def ack(self, group: str, notification_id: int, token: str, now: float) -> ActionStatus:
-        def body(conn: sqlite3.Connection, attempts: int, member: str) -> Row | None:
-            conn.execute(_ACK, (now, now, group, notification_id))
-            return _event(notification_id, group, HistoryKind.ACKED, now, attempts, member)
+        [status] = await self.ack_many(group, [(notification_id, token)], now)
+        return status
 
-        return await self._act("ack", group, notification_id, token, body)
+    async def ack_many(
+        self, group: str, acks: Sequence[tuple[int, str]], now: float
+    ) -> list[ActionStatus]:
+        if not acks:
+            return []
+        return await self._run("ack", lambda c: _ack_many(c, group, acks, now))
 
     async def nack(
         self,
@@ -807,6 +815,28 @@ def _insert_notification(conn: sqlite3.Connection, n: NewNotification, at: float
     if cursor.lastrowid is None:
         raise sqlite3.InterfaceError("no row id after inserting a notification")
     return cursor.lastrowid
+
+
+def _ack_many(
+    conn: sqlite3.Connection, group: str, acks: Sequence[tuple[int, str]], now: float
+) -> list[ActionStatus]:
+    statuses: list[ActionStatus] = []
+    events: list[Row] = []
+    for notification_id, token in acks:
+        params = {"now": now, "group": group, "id": notification_id, "token": token}
+        row = conn.execute(_ACK, params).fetchone()
+        if row is None:  # not this lease: tell a stale token from a delivery never issued
+            known = conn.execute(_SELECT_DELIVERY, (group, notification_id)).fetchone()
+            statuses.append(ActionStatus.UNKNOWN if known is None else ActionStatus.STALE)
+            continue
+        attempts, member = row
+        statuses.append(ActionStatus.OK)
+        events.append(
+            _event(notification_id, group, HistoryKind.ACKED, now, int(attempts), member or "")
+        )
+    if events:
+        conn.executemany(_INSERT_HISTORY, events)
+    return statuses
 
 
 def _group_states(conn: sqlite3.Connection, notification_id: int) -> dict[str, GroupDelivery]:

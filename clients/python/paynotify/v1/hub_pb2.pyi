@@ -527,7 +527,9 @@ class SubscribeResponse(_message.Message):
     def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]: ...
     @_builtins.property
     def action_results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionResult]:
-        """One per ack, nack, reject or extension received."""
+        """One per ack, nack, reject or extension received. The hub may hold them up to 10 ms for the
+        next deliveries to carry; the action itself is stored before its result is queued.
+        """
 
     def __init__(
         self,
