@@ -6,6 +6,7 @@ is no longer the one named. Settling signals local publish waiters; the store te
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -54,11 +55,15 @@ class Actions:
                 self._account(member, key, status, DeliveryState.ACKED)
                 if status is ActionStatus.OK and first is not None and self.on_ack is not None:
                     self.on_ack(member.group, first)
-        for i, parsed in enumerate(keys):
-            if i not in statuses:
-                statuses[i] = (
-                    ActionStatus.UNKNOWN if parsed is None else await self._not_held(member, parsed)
-                )
+        # Malformed ids answer UNKNOWN; leases not held here are looked up side by side (after a
+        # reconnect a request may name many of the old stream's).
+        unheld = [(i, key) for i, key in enumerate(keys) if i not in statuses]
+        looked_up = await asyncio.gather(
+            *(self._not_held(member, key) for _, key in unheld if key is not None)
+        )
+        answers_of_unheld = iter(looked_up)
+        for i, named in unheld:
+            statuses[i] = ActionStatus.UNKNOWN if named is None else next(answers_of_unheld)
         ordered = [statuses[i] for i in range(len(keys))]
         for status, count in Counter(ordered).items():
             self.metrics.actions.labels(member.group, "ack", status.value).inc(count)

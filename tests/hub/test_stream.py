@@ -99,6 +99,29 @@ async def test_unknown_malformed_and_stale_ids_are_answered_and_stream_keeps_wor
         assert not sub.closed
 
 
+async def test_one_request_of_held_stale_and_malformed_acks_answers_each_in_order(
+    tmp_path: Path,
+) -> None:
+    """The held leases go to the store in one call, the rest are looked up: every ack still
+    gets its own answer, in the order sent."""
+    async with running_hub(tmp_path) as hub, raw_subscriber(hub.address) as sub:
+        await publish_pending(hub.address, 3)
+        first, second, third = await sub.receive(3)
+        [done] = await sub.ack(first.delivery_id)
+        assert done.status == OK
+        sent = [
+            second.delivery_id,
+            first.delivery_id,  # acked already: stale
+            "garbage",
+            third.delivery_id,
+            second.delivery_id,  # twice in one request: the second is stale
+            "999999.deadbeef",  # never issued
+        ]
+        results = await sub.ack(*sent)
+        assert [r.delivery_id for r in results] == sent
+        assert [r.status for r in results] == [OK, STALE, UNKNOWN, OK, STALE, UNKNOWN]
+
+
 async def test_health_is_serving_and_reflection_lists_the_service(tmp_path: Path) -> None:
     async with running_hub(tmp_path) as hub, grpc.aio.insecure_channel(hub.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
