@@ -19,6 +19,7 @@ __all__ = [
     "CpuSnapshot",
     "Proc",
     "ProcessGroup",
+    "cpu_seconds",
     "free_port",
     "http_status",
     "rss_kib",
@@ -65,12 +66,17 @@ class Proc:
 
     def cpu_s(self) -> float:
         """user + system CPU seconds of the process and its threads (0 once it is gone)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        # after the ")": state is field 3, utime field 14, stime field 15 (1-based, proc(5))
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return cpu_seconds(self.pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of process `pid` and its threads (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the ")": state is field 3, utime field 14, stime field 15 (1-based, proc(5))
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 @dataclass
