@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 
@@ -90,6 +91,21 @@ def test_a_task_that_raises_is_logged_and_the_thread_goes_on(
     finally:
         pool.stop()
     assert any("a task raised" in r.getMessage() for r in caplog.records)
+
+
+def test_threads_start_only_when_no_thread_is_waiting() -> None:
+    pool = CallbackPool(8, "test-pool")
+    done = threading.Semaphore(0)
+    try:
+        for _ in range(20):  # one at a time: the one thread is back waiting before the next
+            assert pool.submit(done.release, lambda: None)
+            assert done.acquire(timeout=BOUND)
+            deadline = time.monotonic() + BOUND
+            while pool._waiting == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        assert pool.threads == 1
+    finally:
+        pool.stop()
 
 
 def test_a_pool_needs_a_thread() -> None:
