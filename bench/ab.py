@@ -290,16 +290,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    if args.hold:
-        return _hold(args)
-    try:
-        require_wrk()
-    except WrkError as exc:
-        print(f"bench.ab: {exc}", file=sys.stderr)
-        return 2
-    corpus = ensure_corpus(Path(args.cache), args.corpus)
+def _compare(args: argparse.Namespace, corpus: Corpus) -> list[Round]:
+    """Start both sides, load them in turn for every round, stop them."""
     rounds: list[Round] = []
     with _sides(args, corpus) as sides:
         start = max(side.cursor for side in sides) + 1
@@ -321,6 +313,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(_format(rounds[-1]), flush=True)
                 used = rounds[-1].ok_rps * args.seconds
                 per_load = min(share, max(per_load, int(used * 1.5) + 1000))
+    return rounds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.hold:
+        return _hold(args)
+    try:
+        require_wrk()
+    except WrkError as exc:
+        print(f"bench.ab: {exc}", file=sys.stderr)
+        return 2
+    corpus = ensure_corpus(Path(args.cache), args.corpus)
+    try:
+        rounds = _compare(args, corpus)
+    except WrkError as exc:  # both sides are stopped by now
+        print(f"bench.ab: {exc}", file=sys.stderr)
+        return 1
     summary = summarize(rounds)
     _print_summary(summary)
     out = Path(args.out)
