@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import select
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.bodies import Corpus, ensure_corpus
-from bench.procs import cpu_seconds
+from bench.pipeline import Pipeline, PipelineOptions, postgres_schema
+from bench.procs import ProcessGroup, cpu_seconds
 from bench.wrk import Load, WrkError, require_wrk, run_wrk
 
 __all__ = ["Round", "Side", "hold_command", "main", "summarize"]
@@ -130,9 +132,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def _hold(args: argparse.Namespace) -> int:
     """Start one pipeline from the checkout whose venv runs this; READY json; stop on EOF."""
-    from bench.pipeline import Pipeline, PipelineOptions, postgres_schema
-    from bench.procs import ProcessGroup
-
     corpus = Corpus(
         Path(args.corpus_path),
         args.corpus_count,
@@ -141,6 +140,18 @@ def _hold(args: argparse.Namespace) -> int:
     )
     work = Path(tempfile.mkdtemp(prefix=f"paynotify-ab-{args.label}-"))
     procs = ProcessGroup(work)
+    try:
+        _hold_pipeline(args, corpus, work, procs)
+    except BaseException:
+        print(f"bench.ab: side {args.label} failed; its logs are in {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # its store and logs: nothing failed
+    return 0
+
+
+def _hold_pipeline(
+    args: argparse.Namespace, corpus: Corpus, work: Path, procs: ProcessGroup
+) -> None:
     with contextlib.ExitStack() as stack:
         store_url = f"sqlite:///{work / 'hub.db'}"
         if args.store == "postgres":
@@ -156,7 +167,6 @@ def _hold(args: argparse.Namespace) -> int:
         ready = {"url": pipeline.url, "cursor": pipeline.cursor.position, "pids": pids}
         print(READY + json.dumps(ready), flush=True)
         sys.stdin.read()  # until the comparing process closes it (or dies)
-    return 0
 
 
 # -- the comparing process ----------------------------------------------------------------------

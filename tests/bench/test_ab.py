@@ -42,7 +42,10 @@ def test_medians_of_each_side_and_the_rounds_b_was_ahead() -> None:
 def test_a_held_pipeline_answers_success_and_stops_when_its_input_closes(tmp_path: Path) -> None:
     corpus = ensure_corpus(tmp_path / "cache", 20, processes=1)
     cmd = hold_command(sys.executable, "T", 2, corpus)
-    hold = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # where the side keeps its store and logs
+    hold = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert hold.stdout is not None and hold.stdin is not None
         line = _readline(hold.stdout, BOUND)
@@ -59,6 +62,7 @@ def test_a_held_pipeline_answers_success_and_stops_when_its_input_closes(tmp_pat
         for pid in (pid for pids in ready["pids"].values() for pid in pids):
             with pytest.raises(ProcessLookupError):  # every process it started is gone
                 os.kill(pid, 0)
+        assert not list(tmp_path.glob("paynotify-ab-*"))  # and so is its store
     finally:
         if hold.poll() is None:
             hold.kill()
