@@ -23,31 +23,30 @@ import contextlib
 import datetime as dt
 import json
 import os
-import select
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from bench.bodies import Corpus, ensure_corpus
 from bench.pipeline import Pipeline, PipelineOptions, postgres_schema
 from bench.procs import ProcessGroup, cpu_seconds
+from bench.run import DEFAULT_PG_DSN, PG_DSN_ENV
 from bench.wrk import Load, WrkError, require_wrk, run_wrk
 
-__all__ = ["Round", "Side", "hold_command", "main", "summarize"]
+__all__ = ["Round", "Side", "hold_command", "main", "read_ready", "summarize"]
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "READY "
 START_TIMEOUT_S = 180.0
 FIRST_SLICE = 10_000  # records for the first load; later ones follow what was used
 STOP_TIMEOUT_S = 30.0
-DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @dataclass
@@ -199,29 +198,29 @@ def _start_side(name: str, tree: Path, args: argparse.Namespace, corpus: Corpus)
 
 
 def _wait_ready(side: Side) -> None:
-    assert side.process.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = _readline(side.process.stdout, deadline - time.monotonic())
-        if line is None:
-            break
-        if line.startswith(READY):
-            ready = json.loads(line[len(READY) :])
-            side.url, side.cursor, side.pids = ready["url"], ready["cursor"], ready["pids"]
-            return
-    code = side.process.poll()
-    if code is not None:
-        raise SystemExit(f"side {side.name} ({side.tree}) exited with {code} before it was ready")
-    raise SystemExit(f"side {side.name} ({side.tree}) did not start within {START_TIMEOUT_S:.0f} s")
+    ready = read_ready(side.process, START_TIMEOUT_S)
+    if ready is None:
+        raise SystemExit(
+            f"side {side.name} ({side.tree}) was not ready within {START_TIMEOUT_S:.0f} s "
+            f"(exit code {side.process.poll()})"
+        )
+    side.url, side.cursor, side.pids = ready["url"], ready["cursor"], ready["pids"]
 
 
-def _readline(stream: IO[str], timeout: float) -> str | None:
-    """The next line, or None at the end of the stream or after `timeout` seconds."""
-    ready, _, _ = select.select([stream], [], [], max(timeout, 0.0))
-    if not ready:
-        return None
-    line = stream.readline()
-    return line or None
+def read_ready(process: subprocess.Popen[str], timeout: float) -> dict[str, Any] | None:
+    """The READY line's JSON of a hold process; None if it ends first. Killed when it takes
+    longer than `timeout` seconds (its output then ends)."""
+    assert process.stdout is not None
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    try:
+        for line in process.stdout:
+            if line.startswith(READY):
+                data: dict[str, Any] = json.loads(line[len(READY) :])
+                return data
+    finally:
+        timer.cancel()
+    return None
 
 
 def _stop(sides: Sequence[Side]) -> None:
@@ -238,7 +237,7 @@ def _stop(sides: Sequence[Side]) -> None:
 
 
 @contextlib.contextmanager
-def _sides(args: argparse.Namespace, corpus: Any) -> Iterator[list[Side]]:
+def _sides(args: argparse.Namespace, corpus: Corpus) -> Iterator[list[Side]]:
     sides: list[Side] = []
     try:
         for name, tree in (("A", args.a), ("B", args.b)):
@@ -250,7 +249,7 @@ def _sides(args: argparse.Namespace, corpus: Any) -> Iterator[list[Side]]:
         _stop(sides)
 
 
-def _load(side: Side, args: argparse.Namespace, corpus: Any, count: int) -> Round:
+def _load(side: Side, args: argparse.Namespace, corpus: Corpus, count: int) -> Round:
     before = side.cpu()
     load = Load(args.connections, args.seconds, side.cursor, count, rate=args.rate)
     result = run_wrk(side.url, corpus, load)
@@ -280,7 +279,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
     p.add_argument("--rate", type=float, default=0.0, help="paced: requests/s (0: full speed)")
     p.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
-    p.add_argument("--postgres-dsn", default=DEFAULT_PG_DSN, help="a fresh schema per side")
+    p.add_argument(
+        "--postgres-dsn",
+        default=os.environ.get(PG_DSN_ENV, DEFAULT_PG_DSN),
+        help=f"a fresh schema per side (env {PG_DSN_ENV})",
+    )
     p.add_argument("--hub-arg", action="append", default=[], help="extra `paynotify hub` flag")
     p.add_argument("--corpus", type=int, default=60_000, help="signed requests to have (60000)")
     p.add_argument("--cache", default=str(ROOT / "bench-results" / "cache"))

@@ -19,6 +19,7 @@ __all__ = [
     "CpuSnapshot",
     "Proc",
     "ProcessGroup",
+    "ask_by_signal",
     "cpu_seconds",
     "free_port",
     "http_status",

@@ -3,7 +3,6 @@ subscriber and bridge; wrk is not needed for either)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ab import READY, ROOT, Round, _readline, hold_command, summarize
+from bench.ab import ROOT, Round, hold_command, read_ready, summarize
 from bench.bodies import ensure_corpus, read_record
 from bench.pipeline import post_raw
 
@@ -47,12 +46,9 @@ def test_a_held_pipeline_answers_success_and_stops_when_its_input_closes(tmp_pat
         cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert hold.stdout is not None and hold.stdin is not None
-        line = _readline(hold.stdout, BOUND)
-        while line is not None and not line.startswith(READY):
-            line = _readline(hold.stdout, BOUND)
-        assert line is not None, f"no READY line; exit code {hold.poll()}"
-        ready = json.loads(line[len(READY) :])
+        assert hold.stdin is not None
+        ready = read_ready(hold, BOUND)
+        assert ready is not None, f"no READY line; exit code {hold.poll()}"
         assert sorted(ready["pids"]) == ["bridge", "hub", "subscriber"]
         assert len(ready["pids"]["subscriber"]) == 2
         status, body = post_raw(ready["url"], read_record(corpus, ready["cursor"]))

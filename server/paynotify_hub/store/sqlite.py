@@ -5,10 +5,10 @@ verb is queued for that thread (`SQLiteStore._queue`) and its outcome awaited.
 
 Group commit: the worker takes one queued verb and, without waiting, whatever else is queued (at
 most `MAX_BATCH_OPS`), and runs them all in one transaction (BEGIN IMMEDIATE ... COMMIT), so a
-burst of verbs costs one fsync instead of one each. Each verb runs inside its own SAVEPOINT: a
-failing verb rolls back only itself and its caller alone gets the error. No caller gets an answer
-before the COMMIT that holds its change; if that COMMIT fails, every caller of the batch gets
-the error.
+burst of verbs costs one fsync instead of one each. A failing verb rolls back only itself and its
+caller alone gets the error: the batch is then run again with a SAVEPOINT per verb (see
+`_Worker._run_batch`). No caller gets an answer before the COMMIT that holds its change; if that
+COMMIT fails, every caller of the batch gets the error.
 
 Order: verbs run in the order they are called, and `claim` and `append` queue their job when called
 (not when first awaited). So a claim called from an append's `on_queued` (called only when the
