@@ -174,10 +174,10 @@ def install(trace: StageTrace) -> Iterator[StageTrace]:
 
         return wrapper
 
-    def delivery_of(original: Any) -> Any:
-        def wrapper(lease: Any) -> Any:
+    def fill_delivery(original: Any) -> Any:
+        def wrapper(delivery: Any, lease: Any) -> None:
             trace.stamp(lease.notification_id, "leased")
-            return original(lease)
+            original(delivery, lease)
 
         return wrapper
 
@@ -244,7 +244,7 @@ def install(trace: StageTrace) -> Iterator[StageTrace]:
     patch(broker.Broker, "ack_many", ack_many)
     patch(SQLiteStore, "append", append)
     patch(PostgresStore, "append", append)
-    patch(service, "delivery_of", delivery_of)
+    patch(service, "fill_delivery", fill_delivery)
     patch(service._Stream, "next_response", next_response)
     patch(sqlite._Worker, "queue", queue)
     patch(sqlite._Worker, "_run_batch", run_batch)

@@ -20,8 +20,8 @@ from paynotify.v1 import hub_pb2, hub_pb2_grpc
 from paynotify_hub.broker import Broker
 from paynotify_hub.config import HubConfig
 from paynotify_hub.convert import (
-    delivery_of,
     duration_or_none,
+    fill_delivery,
     new_notification,
     notify_type_texts,
     opened_of,
@@ -30,7 +30,7 @@ from paynotify_hub.convert import (
     receipt_of,
     validate_publish,
 )
-from paynotify_hub.domain import ActionStatus
+from paynotify_hub.domain import ActionStatus, Lease
 from paynotify_hub.errors import HubError, InvalidArgument, ShuttingDown, Unavailable
 from paynotify_hub.member import Member
 from paynotify_hub.publish_stream import PublishStreamSession
@@ -248,11 +248,10 @@ class _Stream:
     async def _pump(self) -> None:
         while True:
             leases = await self._member.next_batch()  # raises ShuttingDown at the end
-            deliveries = [delivery_of(lease) for lease in leases]
             # One response per slice under the send limit: a backlog of large notifications in
             # one message would end the stream RESOURCE_EXHAUSTED, again on every reconnect.
-            for piece in _slices(deliveries, self._max_bytes):
-                self._out.put_nowait(hub_pb2.SubscribeResponse(deliveries=piece))
+            for response in _responses(leases, self._max_bytes):
+                self._out.put_nowait(response)
             self._flush_results()  # queued right behind: `next_response` sends them as one
 
     def _hold_results(self, results: list[hub_pb2.ActionResult]) -> None:
@@ -306,22 +305,25 @@ _DELIVERY_OVERHEAD = 16
 _RESPONSE_OVERHEAD = 1024
 
 
-def _slices(deliveries: list[hub_pb2.Delivery], max_bytes: int) -> list[list[hub_pb2.Delivery]]:
-    """`deliveries` in order, cut so that each slice's serialized size stays under `max_bytes`
-    (a delivery alone always forms a slice)."""
-    slices: list[list[hub_pb2.Delivery]] = []
-    current: list[hub_pb2.Delivery] = []
-    size = 0
-    for delivery in deliveries:
-        n = delivery.ByteSize() + _DELIVERY_OVERHEAD
-        if current and size + n > max_bytes:
-            slices.append(current)
-            current, size = [], 0
-        current.append(delivery)
-        size += n
-    if current:
-        slices.append(current)
-    return slices
+def _responses(leases: list[Lease], max_bytes: int) -> list[hub_pb2.SubscribeResponse]:
+    """The deliveries of `leases` in order, in responses each serialized under `max_bytes` (a
+    delivery alone always forms one). Each is written in place in its response."""
+    responses: list[hub_pb2.SubscribeResponse] = []
+    size = max_bytes  # no response yet: the first delivery starts one
+    for lease in leases:
+        if responses:
+            delivery = responses[-1].deliveries.add()
+            fill_delivery(delivery, lease)
+            n = delivery.ByteSize() + _DELIVERY_OVERHEAD
+            if size + n <= max_bytes:
+                size += n
+                continue
+            del responses[-1].deliveries[-1]  # too big for this response: it starts the next
+        response = hub_pb2.SubscribeResponse()
+        fill_delivery(response.deliveries.add(), lease)
+        responses.append(response)
+        size = response.deliveries[0].ByteSize() + _DELIVERY_OVERHEAD
+    return responses
 
 
 class Undecodable:

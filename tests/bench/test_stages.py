@@ -62,7 +62,7 @@ def hooked() -> tuple[object, ...]:
         broker.Broker.ack_many,
         SQLiteStore.append,
         PostgresStore.append,
-        service.delivery_of,
+        service.fill_delivery,
         service._Stream.next_response,
         sqlite._Worker.queue,
         sqlite._Worker._run_batch,

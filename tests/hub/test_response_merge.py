@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from paynotify.v1 import hub_pb2
+from paynotify.v1 import hub_pb2, notification_pb2
 from paynotify_hub import service
 from paynotify_hub.broker import Broker
 from paynotify_hub.config import HubConfig
-from paynotify_hub.domain import GroupSpec
+from paynotify_hub.domain import GroupSpec, Lease
 from paynotify_hub.service import _RESPONSE_OVERHEAD, _Stream
 from paynotify_hub.store.sqlite import SQLiteStore
 from tests.hubkit import (
@@ -175,3 +175,46 @@ async def test_many_results_go_out_at_once_however_long_the_hold(tmp_path: Path)
         results = await sub.ack(*sent)  # waits up to 10 s, not the 30 s hold
         assert [r.delivery_id for r in results] == sent
         assert {r.status for r in results} == {hub_pb2.ACTION_STATUS_UNKNOWN}
+
+
+def _lease(number: int, notification: notification_pb2.PaymentNotification) -> Lease:
+    return Lease(
+        notification_id=number,
+        group="billing",
+        token=f"token{number}",
+        attempt=number % 3 + 1,
+        lease_expires_at=1_700_000_000.25 + number,
+        payload=notification.SerializeToString(),
+        notify_type=notification.notify_type_text,
+        send_count=number,
+        first_received_at=1_699_999_999.5,
+    )
+
+
+@pytest.mark.parametrize("max_bytes", [200, 2_500, 1 << 20])
+def test_deliveries_are_written_in_order_into_responses_under_the_limit(max_bytes: int) -> None:
+    notifications = [make_notification(amount=str(10**k)) for k in range(9)]
+    leases = [_lease(n, x) for n, x in enumerate(notifications, start=1)]
+
+    responses = service._responses(leases, max_bytes)
+
+    deliveries = [d for r in responses for d in r.deliveries]
+    assert [d.delivery_id for d in deliveries] == [f"{x.notification_id}.{x.token}" for x in leases]
+    for delivery, lease, notification in zip(deliveries, leases, notifications, strict=True):
+        assert delivery.notification == notification
+        assert delivery.raw_json == notification.raw_json
+        assert delivery.notification_id == str(lease.notification_id)
+        assert (delivery.attempt, delivery.alipay_send_count) == (lease.attempt, lease.send_count)
+        assert delivery.first_received_at.ToNanoseconds() == 1_699_999_999_500_000_000
+        assert delivery.lease_expires_at.ToNanoseconds() == round(lease.lease_expires_at * 1e9)
+    for response in responses:
+        # a delivery alone may exceed a tiny limit; two together never do
+        assert len(response.deliveries) == 1 or response.ByteSize() <= max_bytes
+        assert not response.action_results
+    single = service._responses(leases[:1], 1 << 20)[0].ByteSize()
+    if max_bytes < single:
+        assert len(responses) == len(leases)  # each alone
+    elif max_bytes > 2 * len(leases) * single:
+        assert len(responses) == 1
+    else:
+        assert 1 < len(responses) < len(leases)

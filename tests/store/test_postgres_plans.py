@@ -41,7 +41,7 @@ HOT = {
     "LOCK_EXPIRED_LEASES": q.LOCK_EXPIRED_LEASES,
     "PURGE_SETTLED": q.PURGE_SETTLED,
 }
-PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+PLACEHOLDER = re.compile(r"%\((\w+)\)[sb]")
 # Parameters whose type no cast in the text names (psycopg sends these typed, as Python floats).
 TYPES = {
     "now": "float8",
@@ -53,7 +53,8 @@ TYPES = {
 
 
 def _positional(text: str) -> tuple[str, list[str]]:
-    """psycopg's %(name)s placeholders as PREPARE's $n; returns the text and the names in order."""
+    """psycopg's %(name)s and %(name)b placeholders as PREPARE's $n; returns the text and the names
+    in order."""
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:

@@ -79,10 +79,10 @@ SELECT pg_notify(%(channel)s, '{"o": ' || to_json(%(origin)s::text)::text || ', 
 # for an append with no delivery; each starts with the append's ordinal (from 1).
 APPEND_MANY: Final = f"""
 WITH input AS MATERIALIZED (
-    SELECT * FROM unnest(%(identities)s::text[], %(notify_types)s::text[],
-        %(payment_request_ids)s::text[], %(payment_ids)s::text[], %(result_statuses)s::text[],
-        %(payloads)s::bytea[], %(received_ats)s::float8[], %(client_ids)s::text[],
-        %(request_times)s::text[], %(request_ids)s::text[]) WITH ORDINALITY
+    SELECT * FROM unnest(%(identities)b::text[], %(notify_types)b::text[],
+        %(payment_request_ids)b::text[], %(payment_ids)b::text[], %(result_statuses)b::text[],
+        %(payloads)b::bytea[], %(received_ats)b::float8[], %(client_ids)b::text[],
+        %(request_times)b::text[], %(request_ids)b::text[]) WITH ORDINALITY
         AS i(identity, notify_type, payment_request_id, payment_id, result_status, payload,
             received_at, client_id, request_time, request_id, ord)
 ), upserted AS (
@@ -106,7 +106,7 @@ WITH input AS MATERIALIZED (
     INSERT INTO deliveries (group_name, notification_id, notify_type, state, attempts,
         available_at)
     SELECT w.group_name, m.id, m.notify_type, 'pending', 0, m.received_at
-    FROM unnest(%(wanted_ords)s::bigint[], %(wanted_groups)s::text[]) AS w(ord, group_name)
+    FROM unnest(%(wanted_ords)b::bigint[], %(wanted_groups)b::text[]) AS w(ord, group_name)
     JOIN mine AS m ON m.ord = w.ord
     ON CONFLICT (group_name, notification_id) DO NOTHING
     RETURNING group_name, notification_id, state, attempts
@@ -179,21 +179,21 @@ _HELD: Final = "t.state = 'leased' AND t.lease_token = %(token)s"
 # Each row answered starts with the ack's ordinal (from 1).
 ACK_MANY: Final = f"""
 WITH asked AS (
-    SELECT * FROM unnest(%(groups)s::text[], %(ids)s::bigint[], %(tokens)s::text[],
-        %(nows)s::float8[], %(events)s::text[]) WITH ORDINALITY
+    SELECT * FROM unnest(%(groups)b::text[], %(ids)b::bigint[], %(tokens)b::text[],
+        %(nows)b::float8[], %(events)b::text[]) WITH ORDINALITY
         AS a(group_name, notification_id, token, now, event, ord)
 ), t AS MATERIALIZED (
     SELECT a.ord, d.state, d.lease_token, d.attempts, d.lease_member
     FROM deliveries AS d
     JOIN asked AS a ON d.group_name = a.group_name AND d.notification_id = a.notification_id
-    WHERE d.notification_id = ANY(%(ids)s::bigint[])
+    WHERE d.notification_id = ANY(%(ids)b::bigint[])
     ORDER BY d.group_name, d.notification_id
     FOR UPDATE OF d
 ), acked AS (
     UPDATE deliveries AS d SET state = 'acked', acked_at = a.now, lease_expires_at = NULL
     FROM t JOIN asked AS a ON a.ord = t.ord
     WHERE d.group_name = a.group_name AND d.notification_id = a.notification_id
-        AND d.notification_id = ANY(%(ids)s::bigint[])
+        AND d.notification_id = ANY(%(ids)b::bigint[])
         AND t.state = 'leased' AND t.lease_token = a.token
     RETURNING d.notification_id, d.group_name, d.attempts, d.lease_member, a.now, a.event
 ), recorded AS ({_HISTORY_COLUMNS}
