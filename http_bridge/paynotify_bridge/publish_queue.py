@@ -112,13 +112,19 @@ class WorkQueue:
         self.cond = threading.Condition()
         self.closed = False
         self._waiting: collections.deque[Waiter] = collections.deque()
+        self._full_takers = 0  # takers waiting with no room for another item
         self._refs = itertools.count(1)
 
     def put(self, waiter: Waiter) -> None:
         with self.cond:
             if not self.closed:
                 self._waiting.append(waiter)
-                self.cond.notify_all()
+                # One taker is enough (waking them all would wake one per stream to find nothing),
+                # unless a waiting one has no room: it would take nothing.
+                if self._full_takers:
+                    self.cond.notify_all()
+                else:
+                    self.cond.notify()
                 return
         waiter.resolve(closed_error())
 
@@ -152,8 +158,15 @@ class WorkQueue:
                     stream.sent[ref] = waiter
                     waiter.stream = stream
                 if taken:
+                    if self._waiting:  # more than a batch: the next taker goes on with the rest
+                        self.cond.notify()
                     return taken
-                self.cond.wait(left)
+                full = room <= 0
+                self._full_takers += full
+                try:
+                    self.cond.wait(left)
+                finally:
+                    self._full_takers -= full
 
     def _pop(self, limit: int) -> Iterator[Waiter]:
         size, now = 0, time.monotonic()
