@@ -77,6 +77,8 @@ SELECT pg_notify(%(channel)s, '{"o": ' || to_json(%(origin)s::text)::text || ', 
 # taken (a concurrent append of the same identity): its deliveries are then missing from the
 # snapshot and the caller reads them again. One row per (append, group), or one with NULL group
 # for an append with no delivery; each starts with the append's ordinal (from 1).
+# The arrays of APPEND_MANY and ACK_MANY go in binary (%(name)b): in text, psycopg escapes every
+# element in Python, each payload as hex.
 APPEND_MANY: Final = f"""
 WITH input AS MATERIALIZED (
     SELECT * FROM unnest(%(identities)b::text[], %(notify_types)b::text[],
