@@ -12,6 +12,9 @@ import pytest
 from paynotify_client.pool import CallbackPool
 
 BOUND = 10.0
+# How long a task blocks until the test releases it: far past any stall of a loaded machine, so
+# that no blocked task ends on its own (and lets a queued one run) before the test looks.
+HOLD = 120.0
 
 
 def test_tasks_run_on_the_pool_threads_up_to_its_size_at_once() -> None:
@@ -23,7 +26,7 @@ def test_tasks_run_on_the_pool_threads_up_to_its_size_at_once() -> None:
     def task() -> None:
         names.append(threading.current_thread().name)
         inside.release()
-        release.wait(BOUND)
+        release.wait(HOLD)
 
     try:
         for _ in range(5):
@@ -49,7 +52,7 @@ def test_stop_drops_what_is_queued_and_refuses_more() -> None:
 
     def blocker() -> None:
         started.set()
-        release.wait(BOUND)
+        release.wait(HOLD)
         all_done.release()
 
     def task(n: int) -> None:
