@@ -23,8 +23,7 @@ SETTLE = 0.3
 class CountingTaker:
     """A stream's side of `take`: counts how often `take` looked at it (once per wake-up)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.sent: dict[int, Waiter] = {}
         self.accepting = True
         self.answered = False
@@ -95,7 +94,7 @@ def wait_until_blocked(queue: WorkQueue, *takers: CountingTaker) -> None:
 
 def test_one_item_wakes_one_waiting_stream_not_all(queues: Queues) -> None:
     queue = queues.new(StreamSettings())
-    a, b = CountingTaker("a"), CountingTaker("b")
+    a, b = CountingTaker(), CountingTaker()
     taken_a, taken_b = queues.take(queue, a), queues.take(queue, b)
     wait_until_blocked(queue, a, b)
 
@@ -113,7 +112,7 @@ def test_a_stream_with_room_takes_the_item_when_a_full_one_waits_first(
     queues: Queues,
 ) -> None:
     queue = queues.new(StreamSettings(max_in_flight=1))
-    full, free = CountingTaker("full"), CountingTaker("free")
+    full, free = CountingTaker(), CountingTaker()
     full.sent[0] = waiter(0)  # its one slot is held: it takes nothing
     taken_full = queues.take(queue, full)
     wait_until_blocked(queue, full)
@@ -129,13 +128,13 @@ def test_a_stream_with_room_takes_the_item_when_a_full_one_waits_first(
 
 def test_more_than_a_batch_goes_on_with_the_next_stream(queues: Queues) -> None:
     queue = queues.new(StreamSettings(max_batch=2))
-    a = CountingTaker("a")
+    a = CountingTaker()
     taken_a = queues.take(queue, a)
     wait_until_blocked(queue, a)
     with queue.cond:  # three items at once, and a second stream arriving behind them
         for number in range(3):
             queue.put(waiter(number))
-        b = CountingTaker("b")
+        b = CountingTaker()
         taken_b = queues.take(queue, b)
         time.sleep(SETTLE)  # b waits for the lock, with the items queued
     taken = [f.result(timeout=2.0) or [] for f in (taken_a, taken_b)]
