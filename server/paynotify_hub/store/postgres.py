@@ -471,6 +471,7 @@ class PostgresStore:
         self._returned_at[conn] = time.monotonic()
 
     async def _configure_connection(self, conn: Conn) -> None:
+        await conn.execute(q.DISABLE_SEQSCAN)
         if self._statement_timeout is not None:
             millis = str(int(self._statement_timeout * 1000))
             await conn.execute(q.SET_STATEMENT_TIMEOUT, [millis])

@@ -15,9 +15,12 @@ and kept until an ANALYZE replaces it. A plan that reads a growing table whole c
 every notification stored, so each statement here reaches those tables through an index
 whatever their size looked like: a subquery that only needs a value of another part reads it
 uncorrelated (an InitPlan, never a hashed subplan), a join with `unnest` of the caller's rows
-also filters by `= ANY(ids)`, and a set of ids is `= ANY(ARRAY(subquery))`.
-tests/store/test_postgres_plans.py checks every statement the hub runs per notification or
-periodically.
+also filters by `= ANY(ids)`, and a set of ids is `= ANY(ARRAY(subquery))`. That gives every
+statement an index path; the hub's sessions also plan with sequential scans off
+(`DISABLE_SEQSCAN`), because on a young table (a few pages, analyzed or not) reading it whole
+costs the planner about as much as the index, and such a plan, once kept, reads the table whole
+as it grows. tests/store/test_postgres_plans.py checks every statement the hub runs per
+notification or periodically, with tables empty, young and analyzed young.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "APPLIED_VERSIONS",
     "CLAIM",
     "CREATE_MIGRATIONS_TABLE",
+    "DISABLE_SEQSCAN",
     "EXTEND",
     "GROUP_STATES",
     "LOCK_DELIVERY",
@@ -57,6 +61,11 @@ LOCK_MIGRATIONS: Final = (
 APPLIED_VERSIONS: Final = "SELECT version FROM schema_migrations"
 RECORD_VERSION: Final = "INSERT INTO schema_migrations (version) VALUES (%s)"
 SET_STATEMENT_TIMEOUT: Final = "SELECT set_config('statement_timeout', %s, false)"
+# For the session (each pool connection, once). Measured in the PostgreSQL benchmark on a new
+# schema: APPEND_MANY's generic plan read `deliveries` whole (and sometimes `notifications`) in
+# every run sampled, ACK_MANY's in a third, a plan made while the table held a few dozen rows,
+# kept as it grew to thousands. Only paths without an index still scan (a penalty, not a ban).
+DISABLE_SEQSCAN: Final = "SELECT set_config('enable_seqscan', 'off', false)"
 
 # Events are JSON written exactly as json.dumps writes them (postgres.py's _group_payloads),
 # names in code point order (COLLATE "C"), `per_event` names per event.
